@@ -1,0 +1,54 @@
+# asyncio-course: the commands. `make help` lists them.
+#
+# Every target that needs Python makes .venv first, when it is missing or
+# older than pyproject.toml. PYTHON picks the interpreter (3.11 or newer):
+#     make test PYTHON=python3.12
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+LAB_ARGS ?=
+# Jupyter refuses to run as root unless told; containers and CI often are root.
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+PYTEST_ARGS ?=
+NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120
+
+.PHONY: help lab test test-all grade bench clean
+
+help:
+	@echo "make lab       open JupyterLab on chapter 0 (LAB_ARGS='--no-browser --port 8899')"
+	@echo "make test      ruff, library and grading tests, integrity check, notebooks (nbval + nbclient)"
+	@echo "make grade     the grade table for exercises/ (TARGET=solutions or a folder)"
+	@echo "make bench     the benchmarks (arrive with chapter 6)"
+	@echo "make test-all  library and grading tests on every CPython >= 3.11 found"
+	@echo "make clean     remove .venv, .venv-* and caches"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "asyncio-course needs Python 3.11 or newer; $(PYTHON) is " + sys.version.split()[0] + ". Try: make $(MAKECMDGOALS) PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab $(ROOT_ARGS) $(LAB_ARGS) notebooks/00_start_here.ipynb
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest --target solutions $(NBVAL_ARGS) $(PYTEST_ARGS) tests notebooks
+
+TARGET ?= exercises
+grade: $(STAMP)
+	$(BIN)/python -m course_lib.grading --target $(TARGET)
+
+bench: $(STAMP)
+	@echo "The benchmarks arrive with chapter 6 (notebooks/06_performance.ipynb)."
+
+test-all:
+	PYTHON=$(PYTHON) bash .ci/test-all
+
+clean:
+	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache .hypothesis *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

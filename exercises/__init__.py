@@ -1,0 +1,1 @@
+"""Exercise stubs. Edit these files; `check("N.M")` in a notebook grades them."""

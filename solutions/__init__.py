@@ -1,0 +1,1 @@
+"""Solved versions of the modules in `exercises/`, with the same names."""

@@ -1,0 +1,76 @@
+"""Shared test configuration for the whole course.
+
+- ``--target``: which package the grading tests grade (``exercises`` or
+  ``solutions``); ``COURSE_TARGET`` sets the default.
+- asyncio debug mode for every loop the tests create.
+- asyncio's own error reports ("Task exception was never retrieved",
+  "Task was destroyed but it is pending!") fail the test that caused them;
+  "coroutine ... was never awaited" does too, through the warning filters in
+  pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import logging
+import os
+
+import pytest
+
+# Read by every new event loop (asyncio.coroutines._is_debug_mode), so set it
+# before pytest-asyncio creates one.
+os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+
+pytest_plugins = ["_redis_server"]
+
+_ASYNCIO_REPORTS = (
+    "Task exception was never retrieved",
+    "Task was destroyed but it is pending",
+    "Future exception was never retrieved",
+    "exception was never retrieved",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--target",
+        default=os.environ.get("COURSE_TARGET", "exercises"),
+        help="package graded by tests/exercises: 'exercises' (default) or 'solutions'",
+    )
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest) -> str:
+    return request.config.getoption("--target")
+
+
+def load_target(config: pytest.Config, module: str):
+    """Import ``<target>.<module>``, e.g. ``exercises.ch00_warmup``."""
+    return importlib.import_module(f"{config.getoption('--target')}.{module}")
+
+
+class _AsyncioReports(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if any(text in record.getMessage() for text in _ASYNCIO_REPORTS):
+            self.records.append(record)
+
+
+_reports = _AsyncioReports()
+logging.getLogger("asyncio").addHandler(_reports)
+
+
+@pytest.fixture(autouse=True)
+def _asyncio_hygiene(request: pytest.FixtureRequest):
+    """Fail a test that left a task destroyed while pending or an exception unretrieved."""
+    _reports.records.clear()
+    yield
+    gc.collect()
+    found = [r.getMessage().splitlines()[0] for r in _reports.records]
+    _reports.records.clear()
+    if found and request.node.get_closest_marker("allow_asyncio_errors") is None:
+        pytest.fail("asyncio reported: " + "; ".join(found), pytrace=False)

@@ -1,0 +1,63 @@
+"""Execute every notebook with nbclient and read its outputs, cell by cell.
+
+nbval alone is not enough (see DESIGN.md, "Pitfalls"): a failing TaskGroup in
+a cell is printed to stderr, not raised, so nbval passes it; and
+``NBVAL_RAISES_EXCEPTION`` allows an error without requiring one. Here:
+- a cell marked ``NBVAL_RAISES_EXCEPTION`` must really raise;
+- no other cell may raise, or print a traceback, an ExceptionGroup, or one of
+  asyncio's "never retrieved" / "destroyed but pending" / "never awaited"
+  reports to stderr, unless it is marked ``# EXPECT_STDERR`` (a deliberate
+  demonstration, explained in the prose next to it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
+BAD_STDERR = (
+    "Traceback (most recent call last)",
+    "ExceptionGroup",
+    "was never retrieved",
+    "Task was destroyed but it is pending",
+    "was never awaited",
+)
+
+
+def _problems(cell, index: int) -> list[str]:
+    source = cell.source
+    raises = "NBVAL_RAISES_EXCEPTION" in source
+    errors = [o for o in cell.outputs if o.output_type == "error"]
+    stderr = "".join(
+        o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"
+    )
+    where = f"cell {index} ({source.strip().splitlines()[0][:60] if source.strip() else ''!r})"
+    found = []
+    if raises and not errors:
+        found.append(f"{where} is marked NBVAL_RAISES_EXCEPTION but did not raise")
+    if errors and not raises:
+        found.append(f"{where} raised {errors[0].ename}: {errors[0].evalue}")
+    if "EXPECT_STDERR" not in source:
+        found += [f"{where} printed {text!r} to stderr" for text in BAD_STDERR if text in stderr]
+    return found
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom_without_hidden_errors(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb,
+        timeout=120,
+        kernel_name="python3",
+        allow_errors=True,  # collected and judged below, cell by cell
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
+    code_cells = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    problems = [p for i, cell in code_cells for p in _problems(cell, i)]
+    assert not problems, "\n".join(problems)
