@@ -71,7 +71,9 @@ def run(
 def _refuse(obj: object) -> None:
     if inspect.iscoroutinefunction(obj):
         name = getattr(obj, "__qualname__", repr(obj))
-        raise TypeError(f"run() needs a coroutine, not the function {name}: call it, run({name}(...))")
+        raise TypeError(
+            f"run() needs a coroutine, not the function {name}: call it, run({name}(...))"
+        )
     if inspect.isawaitable(obj):
         raise TypeError(
             f"run() needs a coroutine object, got {type(obj).__name__}: a task or future "

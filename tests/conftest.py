@@ -2,7 +2,7 @@
 
 - ``--target``: which package the grading tests grade (``exercises`` or
   ``solutions``); ``COURSE_TARGET`` sets the default.
-- asyncio debug mode for every loop the tests create.
+- asyncio debug mode for every loop pytest-asyncio creates.
 - asyncio's own error reports ("Task exception was never retrieved",
   "Task was destroyed but it is pending!") fail the test that caused them;
   "coroutine ... was never awaited" does too, through the warning filters in
@@ -18,9 +18,10 @@ import os
 
 import pytest
 
-# Read by every new event loop (asyncio.coroutines._is_debug_mode), so set it
-# before pytest-asyncio creates one.
-os.environ.setdefault("PYTHONASYNCIODEBUG", "1")
+# asyncio debug mode is switched on by pytest-asyncio (`asyncio_debug = true` in
+# pyproject.toml), for the test loops only. Not through PYTHONASYNCIODEBUG: that
+# would reach every subprocess and notebook kernel the tests start, and skew
+# what they show and measure.
 
 pytest_plugins = ["_redis_server"]
 

@@ -12,4 +12,5 @@ import pytest
 @pytest.fixture
 def ex(request: pytest.FixtureRequest):
     """The graded module: ``<--target>.<MODULE>``."""
-    return importlib.import_module(f"{request.config.getoption('--target')}.{request.module.MODULE}")
+    target = request.config.getoption("--target")
+    return importlib.import_module(f"{target}.{request.module.MODULE}")

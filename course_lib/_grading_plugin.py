@@ -1,0 +1,378 @@
+"""The pytest side of ``course_lib.grading``: record each grading test as a human row.
+
+``course_lib.grading`` runs pytest in a subprocess with ``-p course_lib._grading_plugin``;
+this plugin keeps only the tests of the requested exercises and writes, after every
+test, a JSON file of rows the learner can read: the check's description (the first
+line of the test's docstring), its outcome, and a one-line message shaped by
+:func:`human_message` (never a traceback, never the test's source).
+
+    python -m pytest tests/exercises -p course_lib._grading_plugin \\
+        --target exercises --exercise 0.1 --grading-json /tmp/rows.json
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "NOT_IMPLEMENTED",
+    "TOO_LONG",
+    "UNEXPECTED",
+    "human_message",
+    "import_message",
+]
+
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from course_lib.grading import NOT_IMPLEMENTED, TOO_LONG, UNEXPECTED
+
+_MAX_MESSAGE = 160
+# pytest-timeout's signal method fails the test with this text (PYTEST_FAILURE_MESSAGE).
+_PYTEST_TIMEOUT_TEXT = "from pytest-timeout"
+# looptime raises these (subclasses of TimeoutError) when virtual time runs out or the
+# loop sits idle: the code under test waits for something that never comes.
+_LOOPTIME_TIMEOUTS = {"IdleTimeoutError", "LoopTimeoutError"}
+
+
+# --- message shaping: pure functions, unit-tested in tests/lib/test_grading.py ----------
+
+
+def human_message(exc: BaseException, *, raised_by_learner: bool = False) -> str:
+    """One line that tells a learner what went wrong, without a traceback.
+
+    ``raised_by_learner``: the exception left the learner's own code (the graded
+    package), so even an AssertionError is reported as an exception it raised.
+    """
+    if _is_timeout(exc):
+        return TOO_LONG
+    if _is_not_implemented(exc):
+        return NOT_IMPLEMENTED
+    if isinstance(exc, AssertionError) and not raised_by_learner:
+        return _assertion_message(exc)
+    if isinstance(exc, pytest.fail.Exception):
+        text = _first_line(exc.msg or "") or UNEXPECTED
+        # pytest.raises() failing: "DID NOT RAISE ValueError" reads as shouting.
+        if text.startswith("DID NOT RAISE"):
+            text = "did not raise" + text.removeprefix("DID NOT RAISE")
+        return _shorten(text)
+    if isinstance(exc, pytest.skip.Exception):
+        return _shorten(f"skipped: {_first_line(exc.msg or '')}")
+    return _shorten(f"raised {_exception_summary(exc)}")
+
+
+def import_message(
+    exc: BaseException, path: str, *, module: str = "", line: int | None = None
+) -> str:
+    """Why ``path``, the learner's module ``module``, could not be imported, in one line."""
+    if isinstance(exc, SyntaxError):
+        return _shorten(f"{path} has a syntax error on line {exc.lineno}: {exc.msg}")
+    # Missing is the module itself or its package; a missing library it imports is not.
+    if (
+        isinstance(exc, ModuleNotFoundError)
+        and exc.name
+        and f"{module}.".startswith(f"{exc.name}.")
+    ):
+        return _shorten(f"{path} was not found")
+    where = f" (line {line})" if line else ""
+    return _shorten(f"{path} could not be imported{where}: it raised {_exception_summary(exc)}")
+
+
+def _assertion_message(exc: AssertionError) -> str:
+    # pytest's assertion rewriting turns `assert x == y, "msg"` into "msg\nassert x == y
+    # ..." and a bare `assert x == y` into "assert x == y\n + where ...": the learner
+    # wants the test author's words, not the introspection.
+    text = _first_line(str(exc))
+    if not text or text.startswith("assert ") or text == "assert":
+        return UNEXPECTED
+    return _shorten(text)
+
+
+def _leaves(exc: BaseException):
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _chain(exc: BaseException):
+    # The exception itself, then what it was raised from or during, a few levels deep.
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 8:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _is_not_implemented(exc: BaseException) -> bool:
+    return any(isinstance(leaf, NotImplementedError) for e in _chain(exc) for leaf in _leaves(e))
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    for leaf in _leaves(exc):
+        if type(leaf).__name__ in _LOOPTIME_TIMEOUTS:
+            return True
+        if isinstance(leaf, pytest.fail.Exception) and _PYTEST_TIMEOUT_TEXT in (leaf.msg or ""):
+            return True
+    return False
+
+
+def _exception_summary(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        more = f" and {len(leaves) - 1} more" if len(leaves) > 1 else ""
+        inner = _exception_summary(leaves[0]) if leaves else "nothing"
+        return f"{type(exc).__name__} of {inner}{more}"
+    text = _first_line(str(exc))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 1] + "…"
+
+
+# --- pinning a submitted folder as the target package -----------------------------------
+
+
+def _pin_package(name: str, folder: Path) -> None:
+    """Import the package ``name`` from ``folder``, whatever else sys.path holds.
+
+    A teacher grades ``submissions/alice/exercises``: its name is ``exercises``, like
+    the repository's own package, which the current directory (``python -m`` puts it
+    first on sys.path) and the editable install would find first. Putting the module
+    in sys.modules ourselves makes ``import exercises.ch00_warmup`` look in ``folder``
+    only, since submodules are searched in the parent package's ``__path__``.
+    """
+    if name in sys.modules:
+        raise pytest.UsageError(
+            f"cannot grade the folder {folder}: its name {name!r} is already used by "
+            f"the module {sys.modules[name]!r}; rename the folder"
+        )
+    init = folder / "__init__.py"
+    if init.is_file():
+        spec = importlib.util.spec_from_file_location(
+            name, init, submodule_search_locations=[str(folder)]
+        )
+    else:  # a folder of loose modules works too, as a namespace package of one folder
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    if spec.loader is not None:
+        spec.loader.exec_module(module)
+
+
+# --- the plugin -----------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("grading", "course_lib.grading")
+    group.addoption(
+        "--exercise",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only the grading tests of exercise ID (repeatable)",
+    )
+    group.addoption(
+        "--grading-json",
+        default=None,
+        metavar="FILE",
+        help="write one row per grading test to FILE (rewritten after each test)",
+    )
+    group.addoption(
+        "--grading-package-dir",
+        default=None,
+        metavar="DIR",
+        help="import the --target package from DIR (a submitted copy of exercises/)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pyproject.toml registers it too; this keeps a stand-alone tests dir strict-clean.
+    config.addinivalue_line("markers", "exercise(id): the exercise a grading test belongs to")
+    folder = config.getoption("--grading-package-dir")
+    if folder:
+        _pin_package(config.getoption("--target"), Path(folder).resolve())
+    if config.getoption("--exercise") or config.getoption("--grading-json"):
+        config.pluginmanager.register(_Recorder(config), "course-grading-recorder")
+
+
+class _Recorder:
+    """Keep the requested exercises' tests and write their rows as JSON."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.wanted = set(config.getoption("--exercise"))
+        self.path = config.getoption("--grading-json")
+        self.target = config.getoption("--target")
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.collection_errors: list[dict[str, str]] = []
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list) -> None:
+        kept, dropped = [], []
+        for item in items:
+            mark = item.get_closest_marker("exercise")
+            exercise = str(mark.args[0]) if mark and mark.args else None
+            if self.wanted and exercise not in self.wanted:
+                dropped.append(item)
+                continue
+            kept.append(item)
+            self.rows[item.nodeid] = {
+                "test": item.nodeid,
+                "exercise": exercise,
+                "description": _description(item),
+                "outcome": None,
+                "message": "",
+            }
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
+        self._write()
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            last = _first_line("\n".join(reversed(report.longreprtext.splitlines())))
+            self.collection_errors.append(
+                {"test": report.nodeid, "message": _shorten(last.removeprefix("E").strip())}
+            )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        row = self.rows.get(item.nodeid)
+        if row is not None:
+            self._update(row, item, call, report)
+        if call.excinfo is not None:
+            _release_locals(call.excinfo.value)
+        return report
+
+    def pytest_runtest_logfinish(self, nodeid: str, location) -> None:
+        self._write()
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self._write()
+
+    def _update(self, row: dict, item: pytest.Item, call: pytest.CallInfo, report) -> None:
+        if row["outcome"] in ("failed", "error", "skipped"):
+            return  # the first thing that went wrong is the one to tell
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            row["outcome"] = "skipped"
+            row["message"] = _shorten(str(reason).removeprefix("Skipped: "))
+        elif report.failed:
+            row["outcome"] = "failed" if report.when == "call" else "error"
+            row["message"] = self._message(item, call.excinfo) if call.excinfo else UNEXPECTED
+        elif report.when == "call":
+            row["outcome"] = "passed"
+
+    def _message(self, item: pytest.Item, excinfo: pytest.ExceptionInfo) -> str:
+        exc = excinfo.value
+        folder = self._target_folder()
+        module_name = getattr(item.module, "MODULE", None)
+        qualified = f"{self.target}.{module_name}"
+        # A failed import leaves no entry in sys.modules: that is how we tell "your module
+        # does not import" from "your function raised ImportError when called".
+        if module_name and qualified not in sys.modules and _during_import(exc):
+            path = _display_path(folder, module_name, self.target)
+            return import_message(exc, path, module=qualified, line=_last_line_in(exc, folder))
+        return human_message(exc, raised_by_learner=_raised_in(exc, folder))
+
+    def _target_folder(self) -> Path | None:
+        package = sys.modules.get(self.target)
+        paths = list(getattr(package, "__path__", []) or [])
+        return Path(paths[0]).resolve() if paths else None
+
+    def _write(self) -> None:
+        if not self.path:
+            return
+        data = {
+            "target": self.target,
+            "tests": list(self.rows.values()),
+            "collection_errors": self.collection_errors,
+        }
+        # Written whole and renamed into place: when the grader kills a hung run, the
+        # file it reads is the last complete one, never half a JSON document.
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.path)
+
+
+def _description(item: pytest.Item) -> str:
+    doc = getattr(getattr(item, "function", None), "__doc__", None)
+    text = _first_line(doc or "") or item.name.removeprefix("test_").replace("_", " ")
+    callspec = getattr(item, "callspec", None)
+    return f"{text} [{callspec.id}]" if callspec is not None else text
+
+
+def _during_import(exc: BaseException) -> bool:
+    if isinstance(exc, (ImportError, SyntaxError)):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _release_locals(exc: BaseException) -> None:
+    """Drop the locals of the finished frames in ``exc``'s tracebacks.
+
+    A failed test's frames still hold what it made, e.g. coroutines a stub never
+    awaited; pytest keeps them alive (sys.last_traceback), and when they are freed at
+    last their "never awaited" warnings fail whichever test runs then: a learner's
+    passing check would show as failed. Freed now, they land on this test.
+    """
+    for each in _chain(exc):
+        for leaf in {id(e): e for e in (each, *_leaves(each))}.values():
+            tb = leaf.__traceback__
+            while tb is not None:
+                try:
+                    tb.tb_frame.clear()
+                except RuntimeError:  # still running: pytest's own frames
+                    pass
+                else:
+                    # 3.11's clear() keeps the f_locals dict pytest's report filled in.
+                    tb.tb_frame.f_locals.clear()
+                tb = tb.tb_next
+
+
+def _inside(filename: str, folder: Path | None) -> bool:
+    return folder is not None and Path(filename).resolve().is_relative_to(folder)
+
+
+def _raised_in(exc: BaseException, folder: Path | None) -> bool:
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and _inside(frames[-1].filename, folder)
+
+
+def _last_line_in(exc: BaseException, folder: Path | None) -> int | None:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _inside(f.filename, folder)]
+    if not frames and isinstance(exc, SyntaxError):
+        return exc.lineno
+    return frames[-1].lineno if frames else None
+
+
+def _display_path(folder: Path | None, module: str, target: str) -> str:
+    if folder is None:
+        return f"{target.replace('.', '/')}/{module}.py"
+    path = folder / f"{module}.py"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
