@@ -23,7 +23,6 @@ from __future__ import annotations
 __all__ = ["run"]
 
 import asyncio
-import contextvars
 import inspect
 import threading
 from collections.abc import Callable, Coroutine
@@ -94,39 +93,46 @@ def _run_in_thread(
     main: Coroutine[Any, Any, T],
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None,
 ) -> T:
+    # Loop and task are made here, before the thread starts, so that an
+    # interrupt arriving at any moment finds a task to cancel. The task copies
+    # this thread's context: context variables set by the caller (a request id,
+    # a log level) are visible to the coroutine, as with asyncio.run().
+    loop = (loop_factory or asyncio.new_event_loop)()
+    task = loop.create_task(main)
     outcome: dict[str, Any] = {}
-    started = threading.Event()
     finished = threading.Event()
-    handle: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            with asyncio.Runner(loop_factory=loop_factory) as runner:
-                loop = runner.get_loop()
-                task = loop.create_task(main)
-                handle.update(loop=loop, task=task)
-                started.set()
+            with asyncio.Runner(loop_factory=lambda: loop) as runner:
                 outcome["result"] = runner.run(_wait(task))
         except BaseException as exc:  # handed to the caller's thread, never lost
             outcome["error"] = exc
         finally:
-            started.set()
             finished.set()
 
-    # Context variables set by the caller (a request id, a log level) are
-    # visible to the coroutine, as they would be with asyncio.run().
-    context = contextvars.copy_context()
-    thread = threading.Thread(target=context.run, args=(target,), name="course_lib.runtime.run")
-    thread.start()
+    thread = threading.Thread(target=target, name="course_lib.runtime.run")
     try:
+        thread.start()
+        # An Event, not thread.join(): on 3.11 a KeyboardInterrupt landing in
+        # join() can mark the thread stopped while it still runs (the bpo-45274
+        # fix releases a lock it does not own), and a second join() then
+        # returns before the cleanup is done.
         finished.wait()
     except KeyboardInterrupt:
-        started.wait()
-        if "task" in handle:
-            handle["loop"].call_soon_threadsafe(handle["task"].cancel)
-        thread.join()
+        # Ctrl-C, or the kernel's interrupt button: cancel the work, let its
+        # cleanup run to the end, then report the interrupt.
+        if thread.ident is None:  # interrupted before the thread existed
+            task.cancel()
+            main.close()
+            loop.close()
+            raise
+        loop.call_soon_threadsafe(task.cancel)
+        finished.wait()
         raise
-    thread.join()
+    finally:
+        if finished.is_set():
+            thread.join()
     if "error" in outcome:
         error = outcome.pop("error")
         try:
