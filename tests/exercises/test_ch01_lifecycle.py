@@ -1,0 +1,593 @@
+"""Grading tests for exercises 1.1-1.3 (notebooks/01_task_lifecycle.ipynb).
+
+Every task a test starts is stopped at its end, even one whose code under test
+swallows cancellation (1.1's job queue can be closed for that), so that a wrong
+answer fails its own checks and never hangs or leaks into the next test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from typing import Any
+
+import pytest
+
+MODULE = "ch01_lifecycle"
+pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Test cleanup: cancel ``task`` until it ends, and retrieve its outcome."""
+    for _ in range(100):  # some wrong answers need more than one cancel
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait({task}, timeout=60)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: the test has judged it already
+
+
+class _Tasks:
+    """``async with _Tasks() as tasks:``, then ``tasks.start(coro, name=...)`` starts a task;
+    those still running when the block ends are stopped. (In the test's body, not in a
+    fixture: fixture teardown runs on the real clock, not the virtual one.)"""
+
+    def __init__(self) -> None:
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def start(self, coro, *, name: str | None = None) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def __aenter__(self) -> _Tasks:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self._tasks:
+            await _stop(task)
+
+
+async def _within(limit_s: float, aw, hint: str):
+    """Await ``aw``, failing with ``hint`` if it takes more than ``limit_s`` (virtual) seconds."""
+    async with asyncio.timeout(limit_s) as deadline:
+        try:
+            return await aw
+        except asyncio.CancelledError:
+            if deadline.expired():
+                pytest.fail(hint)
+            raise
+
+
+def _raise_if_failed(task: asyncio.Task[Any]) -> None:
+    """Let the exception a task ended with (the stub's NotImplementedError...) out in the test."""
+    if task.done() and not task.cancelled():
+        task.result()
+
+
+# --- 1.1 worker ------------------------------------------------------------------------
+
+
+class _Stop(BaseException):
+    """Raised by a closed _Jobs queue: stops a worker even if it swallows every cancel."""
+
+
+class _Jobs(asyncio.Queue):
+    """A job queue that the test closes at its end: get() then raises _Stop."""
+
+    closed = False
+
+    async def get(self):
+        if self.closed:
+            raise _Stop("the test is over")
+        return await super().get()
+
+
+@dataclasses.dataclass
+class _Bench:
+    """A worker task over a job queue, and what it did."""
+
+    jobs: _Jobs
+    done: list[float]
+    handed_back: list[float]  # jobs whose requeue() has completed
+    task: asyncio.Task[None] | None = None
+
+    async def requeue(self, job: float) -> None:
+        await asyncio.sleep(1)  # a network round trip
+        self.jobs.put_nowait(job)
+        self.handed_back.append(job)
+
+    def assert_running(self) -> None:
+        _raise_if_failed(self.task)
+        assert not self.task.done(), "the worker stopped by itself: it should run until cancelled"
+
+    async def cancel_and_wait(self, within_s: float = 30) -> None:
+        self.assert_running()
+        self.task.cancel()
+        await self.wait_until_ended(within_s)
+
+    async def wait_until_ended(self, within_s: float = 30) -> None:
+        await asyncio.wait({self.task}, timeout=within_s)
+        assert self.task.done(), (
+            f"the worker was still running {within_s:g} s after cancel(): "
+            "does it catch CancelledError and carry on?"
+        )
+        _raise_if_failed(self.task)
+
+    def assert_cancelled(self) -> None:
+        assert self.task.cancelled(), (
+            "the worker returned normally after cancel(): re-raise the CancelledError "
+            "after the cleanup"
+        )
+
+
+@contextlib.asynccontextmanager
+async def _bench(ex):
+    """``async with _bench(ex) as bench``: a worker task over an empty job queue."""
+    bench = _Bench(_Jobs(), [], [])
+    bench.task = asyncio.create_task(ex.worker(bench.jobs, bench.done, bench.requeue))
+    try:
+        yield bench
+    finally:
+        bench.jobs.closed = True
+        await _stop(bench.task)
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_processes_jobs_one_after_another(ex):
+    """Jobs are processed one after another, and the worker then waits for more."""
+    async with _bench(ex) as bench:
+        for job in (1, 2, 3):
+            bench.jobs.put_nowait(job)
+        await asyncio.sleep(2.5)
+        bench.assert_running()
+        assert bench.done == [1], f"after 2.5 s done is {bench.done!r}, expected [1]"
+        await asyncio.sleep(4)
+        bench.assert_running()
+        assert bench.done == [1, 2, 3], f"after 6.5 s done is {bench.done!r}, expected [1, 2, 3]"
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_cancelled_mid_job_hands_the_job_back(ex):
+    """Cancelled in the middle of a job: that job is handed back with requeue(), not lost."""
+    async with _bench(ex) as bench:
+        bench.jobs.put_nowait(5)
+        await asyncio.sleep(2)
+        await bench.cancel_and_wait()
+        assert bench.handed_back == [5], f"jobs handed back: {bench.handed_back!r}, expected [5]"
+        assert bench.done == [], "a job cut short is not done: it must not be in `done`"
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_cancelled_mid_job_ends_cancelled(ex):
+    """Cancelled in the middle of a job: the task ends cancelled (CancelledError re-raised)."""
+    async with _bench(ex) as bench:
+        bench.jobs.put_nowait(5)
+        await asyncio.sleep(2)
+        await bench.cancel_and_wait()
+        bench.assert_cancelled()
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_ends_only_after_the_requeue_has_finished(ex):
+    """The worker waits for requeue() to finish before it ends."""
+    async with _bench(ex) as bench:
+        bench.jobs.put_nowait(5)
+        await asyncio.sleep(2)
+        await bench.cancel_and_wait()
+        assert bench.handed_back == [5], (
+            "the worker ended before the job was handed back: await requeue(job) before re-raising"
+        )
+        assert _now() == pytest.approx(3), (
+            f"the worker ended at {_now():g} s: cancelled at 2 s, plus 1 s of requeue, is 3 s"
+        )
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_cancelled_while_waiting_hands_nothing_back(ex):
+    """Cancelled while waiting for a job: ends cancelled, a job already done is not handed back."""
+    async with _bench(ex) as bench:
+        bench.jobs.put_nowait(1)
+        await asyncio.sleep(5)
+        await bench.cancel_and_wait()
+        bench.assert_cancelled()
+        assert bench.done == [1], f"done is {bench.done!r}, expected [1]"
+        assert bench.handed_back == [], (
+            f"jobs handed back: {bench.handed_back!r}, but no job was in hand when cancelled"
+        )
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_cancelled_again_during_the_requeue_loses_nothing(ex):
+    """A second cancel() during requeue() loses no job, and the worker still ends cancelled."""
+    async with _bench(ex) as bench:
+        bench.jobs.put_nowait(5)
+        await asyncio.sleep(2)
+        bench.assert_running()
+        bench.task.cancel()
+        await asyncio.sleep(0.5)  # requeue() is halfway through
+        bench.task.cancel()
+        await bench.wait_until_ended()
+        bench.assert_cancelled()
+        await asyncio.sleep(10)  # time for a requeue still on its way
+        assert bench.handed_back == [5], (
+            f"jobs handed back: {bench.handed_back!r}, expected [5]: the second cancel cut the "
+            "requeue short (asyncio.shield protects it)"
+        )
+
+
+# --- 1.2 cancel_and_wait -----------------------------------------------------------------
+
+
+async def _sleeper(cleanup_s: float = 0, seen: list[Any] | None = None) -> None:
+    """Sleeps 'forever'; when cancelled, records the CancelledError's args, cleans up, ends."""
+    try:
+        await asyncio.sleep(1000)
+    except asyncio.CancelledError as exc:
+        if seen is not None:
+            seen.append(exc.args)
+        await asyncio.sleep(cleanup_s)
+        if seen is not None:
+            seen.append(("cleaned up at", _now()))
+        raise
+
+
+async def _swallower() -> str:
+    """Catches the cancel and returns a value instead."""
+    try:
+        await asyncio.sleep(1000)
+    except asyncio.CancelledError:
+        await asyncio.sleep(1)
+    return "partial result"
+
+
+async def _stubborn(resist_s: float) -> None:
+    """Swallows every cancel for ``resist_s`` seconds (then gives up and returns)."""
+    until = _now() + resist_s
+    while _now() < until:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass
+
+
+async def _started(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    await asyncio.sleep(1)
+    assert not task.done(), "(test setup) the task should still be running"
+    return task
+
+
+_HANGS = "cancel_and_wait() was still waiting after {} s"
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_returns_true_for_a_task_that_ends_cancelled(ex):
+    """A task that ends cancelled gives True."""
+    async with _Tasks() as tasks:
+        task = await _started(tasks.start(_sleeper()))
+        result = await _within(60, ex.cancel_and_wait(task), _HANGS.format(60))
+        assert task.cancelled(), "the task was not cancelled"
+        assert result is True, f"returned {result!r}, expected True"
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_waits_for_the_tasks_cleanup(ex):
+    """It returns only once the task's cleanup (3 s of awaiting) has finished."""
+    async with _Tasks() as tasks:
+        seen: list[Any] = []
+        task = await _started(tasks.start(_sleeper(cleanup_s=3, seen=seen)))
+        start = _now()
+        await _within(60, ex.cancel_and_wait(task), _HANGS.format(60))
+        took = _now() - start
+        assert task.done(), "it returned while the task was still running its cleanup"
+        assert took == pytest.approx(3), f"took {took:g} s; the task's cleanup takes 3 s"
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_returns_false_for_a_task_that_swallows_the_cancel(ex):
+    """A task that catches the cancel and returns gives False (its result stays in the task)."""
+    async with _Tasks() as tasks:
+        task = await _started(tasks.start(_swallower()))
+        result = await _within(60, ex.cancel_and_wait(task), _HANGS.format(60))
+        assert task.done() and not task.cancelled(), "(test) the task should have returned"
+        assert result is False, f"returned {result!r}, expected False"
+        assert task.result() == "partial result"
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_raises_the_error_of_a_task_that_fails(ex):
+    """A task whose cleanup raises: that exception comes out of cancel_and_wait()."""
+    async with _Tasks() as tasks:
+
+        async def broken_cleanup():
+            try:
+                await asyncio.sleep(1000)
+            finally:
+                await asyncio.sleep(1)
+                raise ValueError("cleanup failed")
+
+        task = await _started(tasks.start(broken_cleanup()))
+        with pytest.raises(ValueError, match="cleanup failed"):
+            await _within(60, ex.cancel_and_wait(task), _HANGS.format(60))
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_reports_a_task_already_done_at_once(ex):
+    """A task already done is not cancelled again: False or True at once."""
+    async with _Tasks() as tasks:
+        finished = tasks.start(asyncio.sleep(1, result="done"))
+        cancelled = tasks.start(asyncio.sleep(1000))
+        await asyncio.sleep(2)
+        cancelled.cancel()
+        await asyncio.wait({cancelled})
+        start = _now()
+        assert await _within(60, ex.cancel_and_wait(finished), _HANGS.format(60)) is False, (
+            "a task that finished normally should give False"
+        )
+        assert finished.result() == "done", "the finished task's result was changed"
+        assert await _within(60, ex.cancel_and_wait(cancelled), _HANGS.format(60)) is True, (
+            "a task already cancelled should give True"
+        )
+        assert _now() - start == pytest.approx(0), "tasks already done should be reported at once"
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_passes_msg_to_the_task(ex):
+    """The msg argument reaches the task: its CancelledError carries the message."""
+    async with _Tasks() as tasks:
+        seen: list[Any] = []
+        task = await _started(tasks.start(_sleeper(seen=seen)))
+        await _within(60, ex.cancel_and_wait(task, msg="shutting down"), _HANGS.format(60))
+        assert seen and seen[0] == ("shutting down",), (
+            f"the task's CancelledError had args {seen[0] if seen else None!r}: pass msg to "
+            "task.cancel()"
+        )
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_gives_up_on_a_stubborn_task_with_timeouterror(ex):
+    """A task that resists longer than timeout_s: TimeoutError naming it, after timeout_s."""
+    async with _Tasks() as tasks:
+        task = await _started(tasks.start(_stubborn(resist_s=100), name="stubborn-7"))
+        start = _now()
+        try:
+            result = await _within(
+                60,
+                ex.cancel_and_wait(task, timeout_s=5),
+                "still waiting for a task that resists cancellation, after 60 s: "
+                "stop after timeout_s",
+            )
+        except TimeoutError as exc:
+            error = exc
+        else:
+            pytest.fail(
+                f"no TimeoutError: cancel_and_wait() returned {result!r} after "
+                f"{_now() - start:g} s, waiting for a task that resisted all that time "
+                "(timeout_s=5)"
+            )
+        took = _now() - start
+        assert took == pytest.approx(5), f"gave up after {took:g} s, expected timeout_s = 5 s"
+        assert "stubborn-7" in str(error), (
+            f"the TimeoutError says {str(error)!r}: name the task (task.get_name())"
+        )
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_within_timeout_returns_normally(ex):
+    """A cleanup that ends before timeout_s: no TimeoutError, True as soon as it ends."""
+    async with _Tasks() as tasks:
+        task = await _started(tasks.start(_sleeper(cleanup_s=2)))
+        start = _now()
+        result = await _within(60, ex.cancel_and_wait(task, timeout_s=5), _HANGS.format(60))
+        assert result is True, f"returned {result!r}, expected True"
+        assert _now() - start == pytest.approx(2), "it should return as soon as the task has ended"
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_lets_the_callers_own_cancel_through(ex):
+    """The caller cancelled while it waits for the task's cleanup ends cancelled too."""
+    async with _Tasks() as tasks:
+        task = await _started(tasks.start(_sleeper(cleanup_s=10)))
+        caller = tasks.start(ex.cancel_and_wait(task))
+        await asyncio.sleep(1)  # the task is now in its 10 s cleanup
+        _raise_if_failed(caller)
+        caller.cancel()
+        await asyncio.wait({caller}, timeout=60)
+        assert caller.done(), "the cancelled caller was still waiting 60 s later"
+        _raise_if_failed(caller)
+        assert caller.cancelled(), (
+            f"the caller was cancelled, but cancel_and_wait() returned {caller.result()!r}: it "
+            "swallowed the caller's own CancelledError (is it `await task`?)"
+        )
+
+
+# --- 1.3 supervise -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Children:
+    """A child factory: each child records its start, runs ``run_s``, crashes ``crashes``
+    times in all (a ValueError "crash N"), then returns ``result``."""
+
+    crashes: int = 0
+    run_s: float = 0
+    result: Any = "ok"
+    cleanup_s: float = 0
+    starts: list[float] = dataclasses.field(default_factory=list)
+    running: int = 0
+    cleaned_up: list[float] = dataclasses.field(default_factory=list)
+
+    async def child(self) -> Any:
+        self.starts.append(_now())
+        n = len(self.starts)
+        self.running += 1
+        try:
+            await asyncio.sleep(self.run_s)
+        except asyncio.CancelledError:
+            await asyncio.sleep(self.cleanup_s)
+            self.cleaned_up.append(_now())
+            raise
+        finally:
+            self.running -= 1
+        if n <= self.crashes:
+            raise ValueError(f"crash {n}")
+        return self.result
+
+
+_SUPERVISE_HANGS = "supervise() was still running after {} s"
+
+
+def _supervise(ex, children: _Children, *, max_restarts=10, base_delay_s=1, max_delay_s=100):
+    return ex.supervise(
+        children.child,
+        max_restarts=max_restarts,
+        base_delay_s=base_delay_s,
+        max_delay_s=max_delay_s,
+    )
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_returns_the_childs_result(ex):
+    """A child that returns: its result comes back, no restart."""
+    children = _Children(result=42, run_s=2)
+    result = await _within(600, _supervise(ex, children), _SUPERVISE_HANGS.format(600))
+    assert result == 42, f"returned {result!r}, expected the child's 42"
+    assert children.starts == [0], f"children started at {children.starts!r}, expected [0]"
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_restarts_with_exponential_backoff(ex):
+    """Crashes are restarted after base, 2*base, 4*base...: starts at 0, 1, 3, 7 s."""
+    children = _Children(crashes=3)
+    result = await _within(600, _supervise(ex, children), _SUPERVISE_HANGS.format(600))
+    assert children.starts == [0, 1, 3, 7], (
+        f"children started at {children.starts!r} s, expected [0, 1, 3, 7] (waits of 1, 2, 4 s)"
+    )
+    assert result == "ok", f"returned {result!r}, expected the last child's 'ok'"
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_caps_the_backoff_at_max_delay(ex):
+    """Waits never exceed max_delay_s: 1, 2, 3, 3, 3 s with max_delay_s=3."""
+    children = _Children(crashes=5)
+    await _within(600, _supervise(ex, children, max_delay_s=3), _SUPERVISE_HANGS.format(600))
+    assert children.starts == [0, 1, 3, 6, 9, 12], (
+        f"children started at {children.starts!r} s, expected [0, 1, 3, 6, 9, 12] "
+        "(waits of 1, 2, 3, 3, 3 s)"
+    )
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_gives_up_after_max_restarts_with_the_last_error(ex):
+    """After max_restarts restarts, the next crash is raised at once: the last error."""
+    children = _Children(crashes=100)
+    with pytest.raises(ValueError) as info:
+        await _within(600, _supervise(ex, children, max_restarts=3), _SUPERVISE_HANGS.format(600))
+    assert len(children.starts) == 4, (
+        f"{len(children.starts)} children started, expected 4 (the first and 3 restarts)"
+    )
+    assert str(info.value) == "crash 4", f"raised {info.value!r}, expected the last: crash 4"
+    assert _now() == pytest.approx(7), (
+        f"gave up at {_now():g} s, expected 7 s: no wait after the last crash"
+    )
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_with_no_restarts_raises_the_first_crash(ex):
+    """max_restarts=0: the first crash is raised at once, never restarted."""
+    children = _Children(crashes=100, run_s=2)
+    with pytest.raises(ValueError) as info:
+        await _within(600, _supervise(ex, children, max_restarts=0), _SUPERVISE_HANGS.format(600))
+    assert str(info.value) == "crash 1", f"raised {info.value!r}, expected the first: crash 1"
+    assert children.starts == [0], f"children started at {children.starts!r}, expected [0]"
+    assert _now() == pytest.approx(2), f"raised at {_now():g} s, expected at once (2 s)"
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_cancelled_waits_for_the_childs_cleanup(ex):
+    """Cancelled while the child runs: the child cleans up (2 s), then supervise ends cancelled."""
+    async with _Tasks() as tasks:
+        children = _Children(run_s=1000, cleanup_s=2)
+        supervisor = tasks.start(_supervise(ex, children))
+        await asyncio.sleep(5)
+        _raise_if_failed(supervisor)
+        supervisor.cancel()
+        await asyncio.wait({supervisor}, timeout=60)
+        assert supervisor.done(), "supervise() was still running 60 s after cancel()"
+        _raise_if_failed(supervisor)
+        assert supervisor.cancelled(), "supervise() should end cancelled when it is cancelled"
+        assert _now() == pytest.approx(7), (
+            f"supervise() ended at {_now():g} s, before its child's cleanup ended (7 s)"
+        )
+        assert children.cleaned_up == [7], (
+            f"the child's cleanup finished at {children.cleaned_up!r}, expected [7] "
+            "(cancelled at 5 s, 2 s of cleanup)"
+        )
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_cancelled_does_not_restart_the_child(ex):
+    """Cancelled while the child runs: the child is not restarted, nothing is left running."""
+    async with _Tasks() as tasks:
+        children = _Children(run_s=1000)
+        supervisor = tasks.start(_supervise(ex, children))
+        await asyncio.sleep(5)
+        _raise_if_failed(supervisor)
+        supervisor.cancel()
+        await asyncio.wait({supervisor}, timeout=60)
+        await asyncio.sleep(100)
+        _raise_if_failed(supervisor)
+        assert children.starts == [0], (
+            f"children started at {children.starts!r}: a cancel is not a crash, never restart on it"
+        )
+        assert children.running == 0, "a child was left running after supervise() was cancelled"
+        assert supervisor.cancelled(), "supervise() should end cancelled when it is cancelled"
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_cancelled_during_the_backoff_starts_nothing(ex):
+    """Cancelled while waiting to restart: ends cancelled at once, no child started later."""
+    async with _Tasks() as tasks:
+        children = _Children(crashes=100)
+        supervisor = tasks.start(_supervise(ex, children, base_delay_s=10))
+        await asyncio.sleep(5)  # the first child crashed at 0 s; the restart is due at 10 s
+        _raise_if_failed(supervisor)
+        supervisor.cancel()
+        await asyncio.wait({supervisor}, timeout=60)
+        assert supervisor.done(), "supervise() was still running 60 s after cancel()"
+        _raise_if_failed(supervisor)
+        assert _now() == pytest.approx(5), (
+            f"supervise() ended at {_now():g} s, expected at once (5 s)"
+        )
+        assert supervisor.cancelled(), "supervise() should end cancelled when it is cancelled"
+        await asyncio.sleep(100)
+        assert children.starts == [0], (
+            f"children started at {children.starts!r}: no restart after a cancel"
+        )
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_does_not_restart_a_child_raising_cancellederror(ex):
+    """A child that raises CancelledError itself is not restarted: the CancelledError goes on."""
+    async with _Tasks() as tasks:
+        starts: list[float] = []
+
+        async def child():
+            starts.append(_now())
+            await asyncio.sleep(1)
+            raise asyncio.CancelledError("the child gave up")
+
+        supervisor = tasks.start(
+            ex.supervise(child, max_restarts=5, base_delay_s=1, max_delay_s=10)
+        )
+        await asyncio.wait({supervisor}, timeout=60)
+        await asyncio.sleep(100)
+        _raise_if_failed(supervisor)
+        assert starts == [0], f"children started at {starts!r}: a CancelledError is not a crash"
+        assert supervisor.cancelled(), "the child's CancelledError should come out of supervise()"
