@@ -21,7 +21,7 @@ help:
 	@echo "make lab       open JupyterLab on chapter 0 (LAB_ARGS='--no-browser --port 8899')"
 	@echo "make test      ruff, library and grading tests, integrity check, notebooks (nbval + nbclient)"
 	@echo "make grade     the grade table for exercises/ (TARGET=solutions or a folder)"
-	@echo "make bench     the benchmarks (arrive with chapter 6)"
+	@echo "make bench     run benchmarks/*.py (JSON results in benchmarks/results/)"
 	@echo "make test-all  library and grading tests on every CPython >= 3.11 found"
 	@echo "make clean     remove .venv, .venv-* and caches"
 
@@ -46,8 +46,9 @@ TARGET ?= exercises
 grade: $(STAMP)
 	$(BIN)/python -m course_lib.grading --target $(TARGET)
 
+# Each script compares its variants side by side and writes benchmarks/results/NAME.json.
 bench: $(STAMP)
-	@echo "The benchmarks arrive with chapter 6 (notebooks/06_performance.ipynb)."
+	@for script in benchmarks/[!_]*.py; do echo "::: $$script"; $(BIN)/python $$script || exit 1; done
 
 test-all:
 	PYTHON=$(PYTHON) bash .ci/test-all

@@ -347,8 +347,11 @@ def _release_locals(exc: BaseException) -> None:
                 except RuntimeError:  # still running: pytest's own frames
                     pass
                 else:
-                    # 3.11's clear() keeps the f_locals dict pytest's report filled in.
-                    tb.tb_frame.f_locals.clear()
+                    # 3.11 and 3.12's clear() keeps the f_locals dict pytest's report
+                    # filled in; 3.13's f_locals is a live proxy (PEP 667), already empty.
+                    frame_locals = tb.tb_frame.f_locals
+                    if isinstance(frame_locals, dict):
+                        frame_locals.clear()
                 tb = tb.tb_next
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
-import time
 
 import pytest
 
@@ -374,13 +373,12 @@ async def test_plot_is_a_figure_with_a_row_per_task_a_legend_and_a_ms_axis():
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
-async def test_ten_thousand_tasks_are_recorded_quickly_and_plotted_in_part():
-    started = time.perf_counter()
+async def test_ten_thousand_tasks_are_recorded_and_plotted_in_part():
+    # What it costs is measured in benchmarks/timeline_overhead.py, not here.
     async with Timeline() as tl:
         await asyncio.gather(*(asyncio.create_task(sleeper(i % 10)) for i in range(10_000)))
     records = tl.tasks
     fig = tl.plot(max_rows=40)
-    elapsed_s = time.perf_counter() - started
 
     assert len(records) == 10_000
     assert all(r.outcome is Outcome.DONE for r in records)
@@ -388,7 +386,6 @@ async def test_ten_thousand_tasks_are_recorded_quickly_and_plotted_in_part():
     assert len(fig.axes[0].get_yticklabels()) == 40
     assert "first 40 of 10000 tasks" in fig.axes[0].get_title(loc="left")
     assert "... 9940 more rows" in repr(tl.table())
-    assert elapsed_s < 10, f"10,000 tasks took {elapsed_s:.1f}s"
 
 
 def test_records_show_their_outcome_value_in_repr():
