@@ -7,6 +7,8 @@ notebooks (none imports Jupyter at module level):
 - ``course_lib.timeline``: record what every task did, and draw it.
 - ``course_lib.redis``: ``connect()`` to a real Redis or the shared fakeredis.
 - ``course_lib.grading``: ``check("0.1")`` and the grade table.
+- ``course_lib.lifecycle``: cancel_and_wait, BackgroundTasks, graceful shutdown.
+- ``course_lib.timeouts``: Deadline, retry with backoff and jitter, first_completed.
 """
 
 __all__: list[str] = []
