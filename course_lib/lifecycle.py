@@ -214,7 +214,9 @@ class BackgroundTasks:
         try:
             if pending and grace_s > 0:
                 _, pending = await asyncio.wait(pending, timeout=grace_s)
-            for task in pending:
+            # In name order, so what the cancelled tasks print or log comes out the
+            # same way every run (a set's order changes from run to run).
+            for task in sorted(pending, key=asyncio.Task.get_name):
                 task.cancel(f"{self!r} closing: grace period of {grace_s} s is over")
             cancel_sent = True
             if pending:
