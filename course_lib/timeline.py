@@ -428,8 +428,8 @@ class Timeline:
                     fontsize=8, color="#2F4B7C", va="bottom")
         for m in self._marks:
             ax.axvline(m.at_s * 1000, color="#333333", linestyle="--", linewidth=1)
-            ax.text(m.at_s * 1000, 1.0, f" {m.label}", transform=ax.get_xaxis_transform(),
-                    rotation=30, fontsize=8, va="bottom", ha="left")
+            ax.text(m.at_s * 1000, 1.01, f" {m.label}", transform=ax.get_xaxis_transform(),
+                    fontsize=8, va="bottom", ha="left")
 
         ax.set_yticks(range(len(records)), [_short(r.name) for r in records], fontsize=9)
         ax.set_ylim(len(records) - 0.5 if records else 0.5, -0.5)  # first task at the top
@@ -440,7 +440,9 @@ class Timeline:
         heading = title or "Timeline"
         if len(self._records) > len(records):
             heading += f"\n(first {len(records)} of {len(self._records)} tasks shown)"
-        ax.set_title(heading, loc="left", pad=30 if self._marks else 6)  # room for mark labels
+        # Mark labels sit in one line of 8 pt text just above the axes; the title
+        # goes above that line, whatever the labels' length.
+        ax.set_title(heading, loc="left", pad=18 if self._marks else 6)
 
         handles = [Patch(color=colour, label=label) for colour, label in _LEGEND]
         handles.append(Patch(facecolor=_WAIT_COLOUR, hatch="////", edgecolor="#999999",
