@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -292,6 +293,18 @@ def _attribute_load_errors(rows: list[Check], exercises: Sequence[Exercise]) -> 
     return out
 
 
+# ast.parse is not thread-safe on CPython 3.11 (seen on 3.11.7): the AST converter keeps its
+# recursion depth in shared module state, so two threads parsing at once fail with
+# "SystemError: AST constructor recursion depth mismatch" (grade() runs in threads,
+# e.g. grading stubs and solutions side by side).
+_PARSE_LOCK = threading.Lock()
+
+
+def _parse(path: Path) -> ast.Module:
+    with _PARSE_LOCK:
+        return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
 def discover(tests_dir: Path) -> dict[str, Exercise]:
     """Every exercise id the grading tests mark, in course order, without running them.
 
@@ -301,7 +314,7 @@ def discover(tests_dir: Path) -> dict[str, Exercise]:
     found: dict[str, Exercise] = {}
     stubs = tests_dir.parents[1] / "exercises"
     for path in sorted(tests_dir.glob("test_*.py")):
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        tree = _parse(path)
         module = _module_constant(tree)
         titles = _stub_titles(stubs / f"{module}.py") if module else {}
         for node in ast.walk(tree):
