@@ -141,11 +141,14 @@ class RetryError(ExceptionGroup):
 
         try:
             await retry(connect, attempts=5, base_s=0.1, max_s=2, deadline=deadline)
-        except* ConnectionError as group:
-            log.error("unreachable after %d attempts", group.attempts)
+        except RetryError as gave_up:
+            log.error("unreachable after %d attempts (out of time: %s): %r",
+                      gave_up.attempts, gave_up.timed_out, gave_up.exceptions[-1])
 
     ``attempts`` says how many were made; ``timed_out`` whether the deadline ended the
-    retry, in which case the last exception is a TimeoutError.
+    retry, in which case the last exception is a TimeoutError. ``except*`` works too,
+    but each clause sees only its part: with a deadline, an ``except* ConnectionError``
+    alone lets the TimeoutError part escape.
     """
 
     def __new__(cls, message: str, exceptions: Sequence[Exception],
