@@ -9,6 +9,8 @@ notebooks (none imports Jupyter at module level):
 - ``course_lib.grading``: ``check("0.1")`` and the grade table.
 - ``course_lib.lifecycle``: cancel_and_wait, BackgroundTasks, graceful shutdown.
 - ``course_lib.timeouts``: Deadline, retry with backoff and jitter, first_completed.
+- ``course_lib.scheduling``: PriorityTaskPool (aging), TokenBucket; re-exports
+  ``course_lib.wrr``: InterleavedWRR (LVS), SmoothWRR (nginx), WeightedDispatcher.
 """
 
 __all__: list[str] = []
