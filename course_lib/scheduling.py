@@ -150,6 +150,7 @@ class PriorityTaskPool:
         self._cancelled_queued = 0
         self._open = True
         self._workers = 0  # started or about to start
+        self._started_workers = 0  # ever started: numbers the workers' names
         self._tasks: set[asyncio.Task[None]] = set()  # the loop holds tasks only weakly
         self._current: dict[asyncio.Task[None], _Job] = {}  # each worker's latest job
         self._idle = asyncio.Event()  # set while no worker exists: nothing queued or running
@@ -223,7 +224,9 @@ class PriorityTaskPool:
             self._idle.clear()
             # With an eager task factory (3.12+) the worker starts right here and may
             # finish jobs before submit() returns; everything it needs is in place.
-            task = loop.create_task(self._work(), name=f"{self.name}-worker")
+            self._started_workers += 1  # numbered: timelines and task dumps tell them apart
+            name = f"{self.name}-worker-{self._started_workers}"
+            task = loop.create_task(self._work(), name=name)
             if not task.done():
                 self._tasks.add(task)
         return job

@@ -391,8 +391,16 @@ class Timeline:
             for r in self._records
         )
 
-    def plot(self, *, title: str | None = None, max_rows: int = 40):
+    def plot(
+        self,
+        *,
+        title: str | None = None,
+        max_rows: int = 40,
+        xlim_ms: tuple[float, float] | None = None,
+    ):
         """A Gantt chart: a row per task (first at the top), milliseconds across.
+
+        ``xlim_ms`` fixes the time axis, e.g. to draw two timelines on one scale.
 
         Returns a matplotlib Figure (not pyplot's): a notebook cell ending with it
         shows it once, a script calls `fig.savefig("timeline.png")`.
@@ -433,7 +441,7 @@ class Timeline:
 
         ax.set_yticks(range(len(records)), [_short(r.name) for r in records], fontsize=9)
         ax.set_ylim(len(records) - 0.5 if records else 0.5, -0.5)  # first task at the top
-        ax.set_xlim(0, span_ms * 1.08)
+        ax.set_xlim(*(xlim_ms or (0, span_ms * 1.08)))
         ax.set_xlabel("time since the timeline started (ms)")
         ax.grid(axis="x", alpha=0.3)
         ax.set_axisbelow(True)

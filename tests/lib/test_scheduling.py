@@ -292,7 +292,7 @@ async def test_a_worker_cancelled_from_outside_shuts_the_pool_down():
     queued_coro = rec.job("queued")
     queued = pool.submit(queued_coro)
     await asyncio.sleep(1)
-    workers = [t for t in asyncio.all_tasks() if t.get_name() == "p-worker"]
+    workers = [t for t in asyncio.all_tasks() if t.get_name().startswith("p-worker-")]
     assert len(workers) == 2
     workers[0].cancel()  # as asyncio.run() does to every task left at exit
     await asyncio.wait([*running, queued])

@@ -392,3 +392,11 @@ def test_records_show_their_outcome_value_in_repr():
     record = TaskRecord("t", 0.0)
     assert "outcome=<Outcome.PENDING: 'pending'>" in repr(record)
     assert Outcome.DONE == "done"
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_plot_can_share_a_time_axis_with_another_timeline():
+    async with Timeline() as tl:
+        await asyncio.create_task(sleeper(0.2))
+    assert tuple(tl.plot(xlim_ms=(0, 600)).axes[0].get_xlim()) == (0, 600)
