@@ -1,0 +1,353 @@
+"""The client side of the job queue: enqueue jobs, follow them, await their results.
+
+    queue = Queue(await connect(), "images")
+    handle = await queue.enqueue("resize", 42, width=640, job_id="resize-42")
+    await handle.status()            # JobStatus.QUEUED
+    await handle.result(timeout_s=30)  # the task's return value, or JobFailed
+
+Enqueueing is one Lua script per job: it claims the job's id (its record must not
+exist yet) and adds the entry to the stream, atomically, so the same ``job_id``
+sent twice (a client retrying after a timeout) runs once. ``result()`` blocks on a
+per-job list that the worker fills in the same atomic step that writes the final
+status: no sleep-polling, and no notification can slip between a check and a wait.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DeadLetter", "JobHandle", "Queue", "QueueCounts"]
+
+import asyncio
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio
+
+from .job import Job, JobFailed, JobNotFound, JobStatus, TaskRegistry
+from .keys import DEFAULT_QUEUE, QueueKeys
+
+# result() blocks on the job's list in slices of at most this long, then reads the
+# record again. The wake-up comes from the list at once; the slice only bounds how
+# long one blocking command holds a connection (fakeredis cannot cancel a blocking
+# read whose caller went away: it finishes on its own, at most this much later).
+_WAIT_SLICE_S = 2.0
+_MIN_BLOCK_S = 0.01  # Redis reads a timeout of 0 as "forever": never send one
+
+_ENQUEUE = """
+-- KEYS[1] job record, KEYS[2] stream, KEYS[3] done list
+-- ARGV[1] envelope, ARGV[2] task, ARGV[3] attempt, ARGV[4] max_attempts, ARGV[5] enqueued_at
+-- The id is taken while its record exists: check and add in one atomic step.
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+-- A token left by an earlier job with this id (expiring just after its record)
+-- would wake this job's waiters before it ends.
+redis.call('DEL', KEYS[3])
+local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2], 'attempt', ARGV[3],
+           'max_attempts', ARGV[4], 'enqueued_at', ARGV[5], 'entry', entry)
+return entry
+"""
+
+# Move due retries back to the stream. One script: ZRANGEBYSCORE, XADD, ZREM run
+# with nothing in between, so two workers moving at once never move a job twice
+# (a ZRANGEBYSCORE-then-ZREM from the client would let both read the same jobs).
+_MOVE_DUE = """
+-- KEYS[1] delayed zset, KEYS[2] stream; ARGV[1] now (epoch s), ARGV[2] at most this many
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, job in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', 'job', job)
+  redis.call('ZREM', KEYS[1], job)
+end
+return #due
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of the dead-letter stream: why it died, and the original entry."""
+
+    entry_id: str  # in the dead-letter stream
+    reason: str
+    error_type: str
+    error: str
+    origin_id: str  # the entry's id in the main stream
+    worker: str
+    dead_at: float
+    job: bytes | None  # the original ``job`` field, as it was (None: it had none)
+    extra: dict[str, bytes]  # the original entry's other fields, if any
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """What Redis holds for a queue right now.
+
+    ``pending``: delivered to a worker and not yet settled. ``lag``: in the stream,
+    not yet delivered. ``delayed``: retries waiting. ``dead``: dead letters.
+    """
+
+    stream: int
+    pending: int
+    lag: int
+    delayed: int
+    dead: int
+    consumers: int
+
+
+class Queue:
+    """A job queue on a Redis Stream: enqueue, follow and await jobs.
+
+        queue = Queue(redis, "default", registry=registry)
+        handle = await queue.enqueue("resize", 42, job_id="resize-42")
+        print(await handle.result(timeout_s=10))
+
+    With a ``registry``, unknown task names are refused at once and each task's
+    ``max_attempts`` and ``timeout_s`` go into its jobs; without one (a client that
+    does not import the tasks), jobs carry ``max_attempts=3`` and no timeout, and the
+    worker dead-letters names it does not know. The client is not closed here.
+    """
+
+    def __init__(
+        self,
+        redis: redis.asyncio.Redis,
+        name: str = DEFAULT_QUEUE,
+        *,
+        registry: TaskRegistry | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = QueueKeys(name)
+        self.name = name
+        self.registry = registry
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._move_due = redis.register_script(_MOVE_DUE)
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r}>"
+
+    def job(
+        self,
+        task: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        job_id: str | None = None,
+        max_attempts: int | None = None,
+        timeout_s: float | None = None,
+        deadline: float | None = None,
+    ) -> Job:
+        """A new Job for this queue, with the registered task's defaults; InvalidJob if bad."""
+        options: dict[str, Any] = {"timeout_s": timeout_s, "deadline": deadline}
+        if self.registry is not None:
+            registered = self.registry.get(task)
+            if registered is None:
+                raise KeyError(f"no task {task!r} in {self.registry!r}: a worker would "
+                               "dead-letter it")
+            if max_attempts is None:
+                max_attempts = registered.max_attempts
+            if timeout_s is None:
+                options["timeout_s"] = registered.timeout_s
+        if max_attempts is not None:
+            options["max_attempts"] = max_attempts
+        if job_id is not None:
+            options["id"] = job_id
+        return Job(task, args, kwargs or {}, **options)
+
+    async def enqueue(self, task: str, /, *args: Any, job_id: str | None = None,
+                      **kwargs: Any) -> JobHandle:
+        """Add one job; the same ``job_id`` twice adds it once (``handle.enqueued`` says).
+
+        The arguments must be JSON: anything else raises InvalidJob naming the
+        offending argument, before anything reaches Redis. A task that needs an
+        argument called ``job_id`` takes it through ``enqueue_job(queue.job(...))``.
+        """
+        return await self.enqueue_job(self.job(task, args, kwargs, job_id=job_id))
+
+    async def enqueue_job(self, job: Job) -> JobHandle:
+        """Add a prepared Job (``queue.job(...)``): same semantics as ``enqueue``."""
+        data = job.encode()
+        entry = await self._enqueue(keys=self._enqueue_keys(job), args=_enqueue_args(job, data))
+        return JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
+
+    async def enqueue_many(
+        self, jobs: Iterable[Job | tuple[str, Sequence[Any]] | tuple[str, Sequence[Any],
+                                                                      Mapping[str, Any]]]
+    ) -> list[JobHandle]:
+        """Add many jobs in one round trip; handles in the same order.
+
+            await queue.enqueue_many([("resize", [1]), ("resize", [2], {"width": 64})])
+
+        Every job is checked first: one bad job raises InvalidJob and none is added.
+        Each job is added atomically with its id check, not the batch as a whole.
+        """
+        prepared = [job if isinstance(job, Job) else self.job(*job) for job in jobs]
+        payloads = [job.encode() for job in prepared]
+        if not prepared:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job, data in zip(prepared, payloads, strict=True):
+                await self._enqueue(keys=self._enqueue_keys(job), args=_enqueue_args(job, data),
+                                    client=pipe)
+            entries = await pipe.execute()
+        return [JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
+                for job, entry in zip(prepared, entries, strict=True)]
+
+    def handle(self, job_id: str) -> JobHandle:
+        """A handle on a job enqueued earlier (by id), e.g. from another process."""
+        return JobHandle(self, job_id)
+
+    async def move_due(self, *, now_s: float | None = None, limit: int = 100) -> int:
+        """Move up to ``limit`` retries due by ``now_s`` (epoch s) back to the stream; how many.
+
+        Workers call this; it is atomic, so any number may run it at once.
+        """
+        now_s = time.time() if now_s is None else now_s
+        return int(await self._move_due(keys=[self.keys.delayed, self.keys.stream],
+                                        args=[repr(now_s), limit]))
+
+    async def counts(self) -> QueueCounts:
+        """Stream length, pending, lag, delayed retries and dead letters, from Redis."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.keys.stream)
+            pipe.zcard(self.keys.delayed)
+            pipe.xlen(self.keys.dead)
+            stream_len, delayed, dead = await pipe.execute()
+        pending = consumers = 0
+        lag: int | None = None
+        if stream_len or await self.redis.exists(self.keys.stream):
+            try:
+                groups = await self.redis.xinfo_groups(self.keys.stream)
+            except redis.exceptions.ResponseError:  # no such stream yet
+                groups = []
+            for group in groups:
+                if _text(group["name"]) == self.keys.group:
+                    pending, consumers = int(group["pending"]), int(group["consumers"])
+                    lag = group.get("lag")
+        if lag is None:
+            # Redis 7 reports no lag when an entry at or after the group's last
+            # delivered one was deleted, and Redis 6.2 none at all. Workers delete
+            # every entry they settle, so what is left and not pending is the lag.
+            lag = max(0, stream_len - pending)
+        return QueueCounts(stream_len, pending, int(lag), delayed, dead, consumers)
+
+    async def dead_letters(self, count: int = 100) -> list[DeadLetter]:
+        """The oldest ``count`` entries of the dead-letter stream."""
+        entries = await self.redis.xrange(self.keys.dead, count=count)
+        letters = []
+        for entry_id, fields in entries:
+            named = {_text(k): v for k, v in fields.items()}
+            meta = {k: _text(named.pop(k, b"")) for k in
+                    ("reason", "error_type", "error", "origin_id", "worker", "dead_at")}
+            job = named.pop("job", None)
+            extra = {k.removeprefix("extra:"): v for k, v in named.items()}
+            letters.append(DeadLetter(
+                entry_id=_text(entry_id), reason=meta["reason"], error_type=meta["error_type"],
+                error=meta["error"], origin_id=meta["origin_id"], worker=meta["worker"],
+                dead_at=float(meta["dead_at"] or 0), job=_bytes(job), extra=extra,
+            ))  # fmt: skip
+        return letters
+
+    def _enqueue_keys(self, job: Job) -> list[str]:
+        return [self.keys.job(job.id), self.keys.stream, self.keys.done(job.id)]
+
+
+class JobHandle:
+    """A job enqueued on a queue: ask its status, await its result.
+
+        handle = await queue.enqueue("resize", 42)
+        handle.enqueued        # False when a job with this id already existed
+        await handle.result()  # its value; JobFailed if it failed or died
+    """
+
+    def __init__(self, queue: Queue, job_id: str, *, task: str | None = None,
+                 enqueued: bool | None = None) -> None:
+        self.queue = queue
+        self.id = job_id
+        self.task = task
+        self.enqueued = enqueued
+
+    def __repr__(self) -> str:
+        task = f" {self.task}" if self.task else ""
+        return f"<JobHandle{task} id={self.id!r} queue={self.queue.name!r}>"
+
+    async def info(self) -> dict[str, str]:
+        """The job's record (see ``keys.JOB_FIELDS``); empty when there is none."""
+        record = await self.queue.redis.hgetall(self.queue.keys.job(self.id))
+        return {_text(k): _text(v) for k, v in record.items()}
+
+    async def status(self) -> JobStatus | None:
+        """The job's status; None when there is no record (unknown id, or expired)."""
+        status = await self.queue.redis.hget(self.queue.keys.job(self.id), "status")
+        return None if status is None else JobStatus(_text(status))
+
+    async def result(self, timeout_s: float | None = None) -> Any:
+        """Wait until the job ends; its return value, or JobFailed when it failed or died.
+
+        Raises TimeoutError after ``timeout_s`` (the job goes on), JobNotFound when
+        there is no record. Waiting costs no polling: each wait is a blocking
+        BRPOPLPUSH on the job's list, which the worker fills when it writes the final
+        status. Several waiters on one job all wake: the token is rotated, not taken.
+        (BLMOVE is the modern name; fakeredis's BLMOVE does not block.)
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        done = self.queue.keys.done(self.id)
+        while True:
+            record = await self.info()
+            _raise_if_cancel_lost()
+            if not record:
+                raise JobNotFound(f"no job {self.id!r} on {self.queue!r} (never enqueued, "
+                                  "or its result expired)")
+            status = JobStatus(record["status"])
+            if status.final:
+                return _outcome(self.id, status, record)
+            wait_s = _WAIT_SLICE_S
+            if deadline is not None:
+                left_s = deadline - loop.time()
+                if left_s <= 0:
+                    raise TimeoutError(f"job {self.id!r} still {status.value} after "
+                                       f"{timeout_s} s")
+                wait_s = min(wait_s, left_s)
+            # The token is pushed in the same script as the final status, so a job
+            # that ended since the read above makes this return at once.
+            await self.queue.redis.brpoplpush(done, done, timeout=max(wait_s, _MIN_BLOCK_S))
+            _raise_if_cancel_lost()
+
+
+def _raise_if_cancel_lost() -> None:
+    """Raise CancelledError when this task was cancelled but the cancel never arrived.
+
+    On Python 3.11, redis-py sends each command through ``asyncio.wait_for`` when the
+    client has a ``socket_timeout`` (fakeredis's clients have one), and 3.11's
+    ``wait_for`` swallows a cancel that lands once the send is done (fixed in 3.12):
+    a loop of commands can then ignore ``cancel()`` for good. ``cancelling()`` still
+    counts the request, so code that must stop when told checks it after a command.
+    """
+    if sys.version_info < (3, 12):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError
+
+
+def _outcome(job_id: str, status: JobStatus, record: dict[str, str]) -> Any:
+    if status is JobStatus.DONE:
+        return json.loads(record.get("result", "null"))
+    raise JobFailed(job_id, record.get("task", "?"), status, record.get("error_type", ""),
+                    record.get("error", ""), record.get("reason", ""))
+
+
+def _enqueue_args(job: Job, data: bytes) -> list[Any]:
+    return [data, job.task, job.attempt, job.max_attempts, repr(job.enqueued_at)]
+
+
+def _text(value: Any) -> str:
+    """A reply as str, whether the client decodes responses or not."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _bytes(value: Any) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return str(value).encode()
