@@ -113,7 +113,8 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
         r = await connect(decode_responses=True)           # **kw goes to the client
 
     An empty ``url`` or ``REDIS_URL`` counts as unset. ``protocol`` defaults to
-    ``PROTOCOL`` (2) and ``socket_connect_timeout`` to ``CONNECT_TIMEOUT_S``.
+    ``PROTOCOL`` (2), ``socket_timeout`` to None (see the comment below) and
+    ``socket_connect_timeout`` to ``CONNECT_TIMEOUT_S``.
     With ``ping`` the server is asked once, so a wrong address fails here
     (``RedisUnavailable``) rather than at the first command. A malformed URL
     raises ``ValueError``. Close the client with ``await r.aclose()``.
@@ -127,6 +128,11 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
     """
     url = url or os.environ.get("REDIS_URL") or None
     kw.setdefault("protocol", PROTOCOL)
+    # redis-py 8 reads and writes under a 5 s socket_timeout by default: a timer per
+    # reply and a wait_for per send (about 15 % of the Streams loop's throughput,
+    # benchmarks/results/redis_client_probe.md), XREADGROUP BLOCK >= 5 s fails, and on
+    # 3.11 a cancel landing in that wait_for can be lost. Callers bound their own waits.
+    kw.setdefault("socket_timeout", None)
     if url is None:
         shown = "fakeredis (in process)"
         client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=fake_server(), **kw)

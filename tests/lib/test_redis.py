@@ -436,3 +436,10 @@ def test_too_old_redis_server_is_refused(monkeypatch, tmp_path: Path):
     monkeypatch.delenv("REQUIRE_REDIS", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"6\.0\.16 is too old"):
         redis_server_binary()
+
+
+@pytest.mark.asyncio
+async def test_clients_have_no_socket_timeout_so_long_blocking_reads_work(redis):
+    # redis-py 8's default of 5 s would cut XREADGROUP BLOCK 5000+ short and costs a
+    # timer per reply (benchmarks/results/redis_client_probe.md).
+    assert redis.connection_pool.connection_kwargs.get("socket_timeout") is None
