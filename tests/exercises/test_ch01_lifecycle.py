@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from _support import _raise_if_failed, _stop, _within
 
 MODULE = "ch01_lifecycle"
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
@@ -21,16 +22,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 def _now() -> float:
     return asyncio.get_running_loop().time()
 
-
-async def _stop(task: asyncio.Task[Any]) -> None:
-    """Test cleanup: cancel ``task`` until it ends, and retrieve its outcome."""
-    for _ in range(100):  # some wrong answers need more than one cancel
-        if task.done():
-            break
-        task.cancel()
-        await asyncio.wait({task}, timeout=60)
-    if task.done() and not task.cancelled():
-        task.exception()  # retrieved: the test has judged it already
 
 
 class _Tasks:
@@ -53,22 +44,6 @@ class _Tasks:
         for task in self._tasks:
             await _stop(task)
 
-
-async def _within(limit_s: float, aw, hint: str):
-    """Await ``aw``, failing with ``hint`` if it takes more than ``limit_s`` (virtual) seconds."""
-    async with asyncio.timeout(limit_s) as deadline:
-        try:
-            return await aw
-        except asyncio.CancelledError:
-            if deadline.expired():
-                pytest.fail(hint)
-            raise
-
-
-def _raise_if_failed(task: asyncio.Task[Any]) -> None:
-    """Let the exception a task ended with (the stub's NotImplementedError...) out in the test."""
-    if task.done() and not task.cancelled():
-        task.result()
 
 
 # --- 1.1 worker ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from _support import _outcome, _raise_if_failed, _running_tasks, _said, _stop, _within
 
 MODULE = "ch02_timeouts"
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
@@ -27,20 +28,6 @@ def _now() -> float:
     """The loop's (virtual) time, rounded to the microsecond so that times compare exactly."""
     return round(asyncio.get_running_loop().time(), 6)
 
-
-async def _stop(task: asyncio.Task[Any]) -> None:
-    """Test cleanup: cancel ``task`` until it ends, and retrieve its outcome."""
-    for _ in range(100):  # some wrong answers need more than one cancel
-        if task.done():
-            break
-        task.cancel()
-        await asyncio.wait({task}, timeout=60)
-    if task.done() and not task.cancelled():
-        task.exception()  # retrieved: the test has judged it already
-
-
-def _running_tasks() -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() if not t.done()} - {asyncio.current_task()}
 
 
 class _Cleanup:
@@ -75,37 +62,6 @@ class _Cleanup:
             if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
                 coro.close()
 
-
-async def _within(limit_s: float, aw, hint: str):
-    """Await ``aw``, failing with ``hint`` if it takes more than ``limit_s`` (virtual) seconds."""
-    async with asyncio.timeout(limit_s) as deadline:
-        try:
-            return await aw
-        except asyncio.CancelledError:
-            if deadline.expired():
-                pytest.fail(hint)
-            raise
-
-
-def _raise_if_failed(task: asyncio.Task[Any]) -> None:
-    """Let the exception a task ended with (the stub's NotImplementedError...) out in the test."""
-    if task.done() and not task.cancelled():
-        task.result()
-
-
-async def _outcome(limit_s: float, aw, hint: str) -> tuple[str, Any]:
-    """("returned", value) or ("raised", exception); the stub's NotImplementedError goes on."""
-    try:
-        return "returned", await _within(limit_s, aw, hint)
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        return "raised", exc
-
-
-def _said(outcome: tuple[str, Any]) -> str:
-    how, what = outcome
-    return f"returned {what!r}" if how == "returned" else f"raised {what!r}"
 
 
 @contextlib.contextmanager

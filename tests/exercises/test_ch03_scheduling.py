@@ -22,6 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from _support import _outcome, _raise_if_failed, _running_tasks, _said, _stop, _within
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -517,20 +518,6 @@ def _now() -> float:
     return round(asyncio.get_running_loop().time(), 6)
 
 
-async def _stop(task: asyncio.Task[Any]) -> None:
-    """Test cleanup: cancel ``task`` until it ends, and retrieve its outcome."""
-    for _ in range(100):  # some wrong answers need more than one cancel
-        if task.done():
-            break
-        task.cancel()
-        await asyncio.wait({task}, timeout=60)
-    if task.done() and not task.cancelled():
-        task.exception()  # retrieved: the test has judged it already
-
-
-def _running_tasks() -> set[asyncio.Task[Any]]:
-    return {t for t in asyncio.all_tasks() if not t.done()} - {asyncio.current_task()}
-
 
 class _Cleanup:
     """``async with _Cleanup() as tasks:``: ``tasks.start(coro)`` starts a task, and at the
@@ -574,40 +561,10 @@ class _Cleanup:
                 future.exception()
 
 
-async def _within(limit_s: float, aw, hint: str):
-    """Await ``aw``, failing with ``hint`` if it takes more than ``limit_s`` (virtual) seconds."""
-    async with asyncio.timeout(limit_s) as deadline:
-        try:
-            return await aw
-        except asyncio.CancelledError:
-            if deadline.expired():
-                pytest.fail(hint)
-            raise
-
-
-async def _outcome(limit_s: float, aw, hint: str) -> tuple[str, Any]:
-    """("returned", value) or ("raised", exception); the stub's NotImplementedError goes on."""
-    try:
-        return "returned", await _within(limit_s, aw, hint)
-    except NotImplementedError:
-        raise
-    except Exception as exc:
-        return "raised", exc
-
 
 async def _call(fn, *args):
     return fn(*args)
 
-
-def _said(outcome: tuple[str, Any]) -> str:
-    how, what = outcome
-    return f"returned {what!r}" if how == "returned" else f"raised {what!r}"
-
-
-def _raise_if_failed(task: asyncio.Task[Any]) -> None:
-    """Let the exception a task ended with (the stub's NotImplementedError...) out in the test."""
-    if task.done() and not task.cancelled():
-        task.result()
 
 
 # --- 3.3 PriorityPool ----------------------------------------------------------------------
