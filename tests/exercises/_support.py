@@ -8,6 +8,7 @@ asyncio never reports them as "never retrieved".
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import pytest
@@ -58,3 +59,45 @@ async def _outcome(limit_s: float, aw, hint: str) -> tuple[str, Any]:
 def _said(outcome: tuple[str, Any]) -> str:
     how, what = outcome
     return f"returned {what!r}" if how == "returned" else f"raised {what!r}"
+
+
+class _Cleanup:
+    """``async with _Cleanup() as tasks:``: ``tasks.start(coro)`` starts a task, and at the
+    end of the block every task started since it began, by the test or by the code under
+    test, is stopped; coroutines handed over (``tasks.track(coro)``) and never started are
+    closed, and futures handed back (``tasks.keep(future)``) are looked at, so that no
+    "never awaited" or "never retrieved" lands on the test."""
+
+    def __init__(self) -> None:
+        self._before: set[asyncio.Task[Any]] = set()
+        self._coros: list[Any] = []
+        self._futures: list[Any] = []
+
+    def start(self, coro, *, name: str | None = None) -> asyncio.Task[Any]:
+        return asyncio.create_task(coro, name=name)
+
+    def track(self, coro):
+        self._coros.append(coro)
+        return coro
+
+    def keep(self, future):
+        self._futures.append(future)
+        return future
+
+    def leftovers(self) -> set[asyncio.Task[Any]]:
+        """Tasks started inside the block and still running."""
+        return _running_tasks() - self._before
+
+    async def __aenter__(self) -> _Cleanup:
+        self._before = _running_tasks()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for task in self.leftovers():
+            await _stop(task)
+        for coro in self._coros:
+            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                coro.close()
+        for future in self._futures:
+            if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+                future.exception()

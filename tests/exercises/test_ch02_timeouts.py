@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import inspect
 import logging
 from collections.abc import Iterable
 from typing import Any
 
 import pytest
-from _support import _outcome, _raise_if_failed, _running_tasks, _said, _stop, _within
+from _support import _Cleanup, _outcome, _raise_if_failed, _said, _within
 
 MODULE = "ch02_timeouts"
 pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
@@ -27,40 +26,6 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.looptime]
 def _now() -> float:
     """The loop's (virtual) time, rounded to the microsecond so that times compare exactly."""
     return round(asyncio.get_running_loop().time(), 6)
-
-
-
-class _Cleanup:
-    """``async with _Cleanup() as tasks:``: ``tasks.start(coro)`` starts a task, and at
-    the end of the block every task started since it began, by the test or by the code
-    under test, is stopped; coroutines handed over but never started are closed (no
-    "coroutine was never awaited" warning landing on a later test)."""
-
-    def __init__(self) -> None:
-        self._before: set[asyncio.Task[Any]] = set()
-        self._coros: list[Any] = []
-
-    def start(self, coro, *, name: str | None = None) -> asyncio.Task[Any]:
-        return asyncio.create_task(coro, name=name)
-
-    def track(self, coro):
-        self._coros.append(coro)
-        return coro
-
-    def leftovers(self) -> set[asyncio.Task[Any]]:
-        """Tasks started inside the block and still running."""
-        return _running_tasks() - self._before
-
-    async def __aenter__(self) -> _Cleanup:
-        self._before = _running_tasks()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        for task in self.leftovers():
-            await _stop(task)
-        for coro in self._coros:
-            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
-                coro.close()
 
 
 

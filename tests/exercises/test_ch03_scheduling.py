@@ -22,7 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from _support import _outcome, _raise_if_failed, _running_tasks, _said, _stop, _within
+from _support import _Cleanup, _outcome, _raise_if_failed, _said, _within
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -516,49 +516,6 @@ def test_iwrr_rejects_no_keys(ex):
 def _now() -> float:
     """The loop's (virtual) time, rounded to the microsecond so that times compare exactly."""
     return round(asyncio.get_running_loop().time(), 6)
-
-
-
-class _Cleanup:
-    """``async with _Cleanup() as tasks:``: ``tasks.start(coro)`` starts a task, and at the
-    end of the block every task started since it began, by the test or by the code under
-    test, is stopped; coroutines handed over (``tasks.track(coro)``) and never started are
-    closed, and futures handed back (``tasks.keep(future)``) are looked at, so that no
-    "never awaited" or "never retrieved" lands on the test."""
-
-    def __init__(self) -> None:
-        self._before: set[asyncio.Task[Any]] = set()
-        self._coros: list[Any] = []
-        self._futures: list[Any] = []
-
-    def start(self, coro) -> asyncio.Task[Any]:
-        return asyncio.create_task(coro)
-
-    def track(self, coro):
-        self._coros.append(coro)
-        return coro
-
-    def keep(self, future):
-        self._futures.append(future)
-        return future
-
-    def leftovers(self) -> set[asyncio.Task[Any]]:
-        """Tasks started inside the block and still running."""
-        return _running_tasks() - self._before
-
-    async def __aenter__(self):
-        self._before = _running_tasks()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        for task in self.leftovers():
-            await _stop(task)
-        for coro in self._coros:
-            if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
-                coro.close()
-        for future in self._futures:
-            if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
-                future.exception()
 
 
 
