@@ -8,6 +8,10 @@ a cell is printed to stderr, not raised, so nbval passes it; and
   asyncio's "never retrieved" / "destroyed but pending" / "never awaited"
   reports to stderr, unless it is marked ``# EXPECT_STDERR`` (a deliberate
   demonstration, explained in the prose next to it).
+
+Notebooks that use Redis run twice: on the in-process fakeredis (their default) and
+with ``REDIS_URL`` pointing at the real redis-server the tests started, so a chapter
+that works on fakeredis only cannot pass.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import redis as redis_sync
 from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
@@ -46,9 +51,34 @@ def _problems(cell, index: int) -> list[str]:
     return found
 
 
+def _uses_redis(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8")
+    return "course_lib.redis" in text or "course_lib.distributed" in text
+
+
+REDIS_NOTEBOOKS = [p for p in NOTEBOOKS if _uses_redis(p)]
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom_without_hidden_errors(path: Path):
+def test_notebook_runs_top_to_bottom_without_hidden_errors(path: Path, monkeypatch):
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    _run_and_judge(path)
+
+
+@pytest.mark.real_redis
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("path", REDIS_NOTEBOOKS, ids=[p.stem for p in REDIS_NOTEBOOKS])
+def test_redis_notebook_runs_on_a_real_server(path: Path, redis_server, monkeypatch):
+    # The kernel inherits this process's environment, so the notebook's connect()
+    # calls (and any worker processes it starts) use the real server.
+    with redis_sync.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    _run_and_judge(path)
+
+
+def _run_and_judge(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
