@@ -1,0 +1,132 @@
+"""Chapter 4: a distributed task queue that loses nothing.
+
+Edit the code below, then run ``check("4.1")``, ``check("4.2")`` and ``check("4.3")``
+in notebooks/04_distributed_queue.ipynb.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Decision", "ack", "apply_payment", "claim", "decide"]
+
+from typing import Literal, NamedTuple
+
+import redis.asyncio
+
+
+async def claim(redis: redis.asyncio.Redis, source: str, processing: str, n: int) -> list[bytes]:
+    """Exercise 4.1: take up to ``n`` jobs from a list, atomically, without losing any.
+
+        await redis.rpush("jobs", b"a", b"b", b"c")
+        await claim(redis, "jobs", "jobs:processing", 2)   # [b'a', b'b']
+        await ack(redis, "jobs:processing", b"a")          # True: 'a' is done
+
+    Jobs are pushed at the right end of the list ``source`` (RPUSH) and taken from its
+    left end, oldest first. Return the jobs taken, in that order, as the client gives
+    them (bytes).
+
+    - Each job taken moves to the list ``processing`` in one atomic step: at every
+      moment it is in ``source`` or in ``processing``, never in neither (a worker that
+      dies right after a command would lose it) and never in both. It stays in
+      ``processing`` until ``ack()``: if the worker dies, someone can find it there
+      and put it back.
+    - Any number of workers may claim from the same list at the same time, each with
+      its own connection, their commands interleaved in any order: no job is ever
+      given to two of them, and none is lost. (The article's LRANGE then LTRIM fails
+      both: two workers read the same jobs, then both trim, dropping jobs nobody read.)
+    - Fewer than ``n`` jobs left: take what there is. None (or no such list): ``[]``.
+    - ``n`` below 1: ValueError, and nothing moves.
+    """
+    raise NotImplementedError("Exercise 4.1: claim and ack")
+
+
+async def ack(redis: redis.asyncio.Redis, processing: str, job: bytes) -> bool:
+    """Exercise 4.1: the job is done: remove it from ``processing``.
+
+    Remove one copy of ``job`` (the same job may have been pushed twice: the other
+    copy is still to be done). True if it was there, False if not (acked already).
+    """
+    raise NotImplementedError("Exercise 4.1: claim and ack")
+
+
+class Decision(NamedTuple):
+    """What to do with a job once an attempt has ended (given: do not change it).
+
+        Decision("retry", 4.0, "ConnectionError: reset (attempt 3/5 failed)")
+    """
+
+    action: Literal["ack", "retry", "dead"]  # done / run it again later / give up on it
+    delay_s: float = 0.0  # how long to wait before the next attempt; 0 unless "retry"
+    reason: str = ""  # for the logs and the dead-letter list; "" is fine for "ack"
+
+
+def decide(
+    attempt: int,
+    max_attempts: int,
+    error: BaseException | None,
+    *,
+    retry_on: tuple[type[Exception], ...] = (Exception,),
+    base_s: float = 1.0,
+    max_s: float = 60.0,
+) -> Decision:
+    """Exercise 4.2: settle an attempt: ack it, retry it later, or give up on it.
+
+        decide(1, 3, None)                          # Decision('ack', 0.0, '')
+        decide(2, 3, ConnectionError("reset"))      # Decision('retry', 2.0, 'ConnectionError...')
+        decide(3, 3, ConnectionError("reset"))      # Decision('dead', 0.0, 'ConnectionError...')
+
+    ``attempt`` is the number of the attempt that just ended (the first is 1), out of
+    ``max_attempts``; ``error`` is what it raised, or None if it returned. A pure
+    function: no Redis, no clock, no randomness.
+
+    - No error: ``"ack"``.
+    - An error that is an instance of one of ``retry_on`` (a subclass counts, as with
+      ``except``), with attempts left: ``"retry"``, after
+      ``min(max_s, base_s * 2 ** (attempt - 1))`` seconds: base_s after the first
+      failure, then twice as long each time, never more than max_s, however late the
+      attempt (no OverflowError). No jitter here: the chapter's worker adds it.
+    - The same error on the last attempt (``attempt >= max_attempts``): ``"dead"``.
+    - An error that is not retried: ``"dead"`` at once, whatever attempts are left.
+    - ``delay_s`` is 0 unless the action is ``"retry"``. For "retry" and "dead" the
+      reason names the error's type (``type(error).__name__``), so that the logs
+      and the dead letter say what went wrong.
+    - An error that is not an Exception (CancelledError, KeyboardInterrupt,
+      SystemExit) is never settled, whatever ``retry_on`` says: a cancelled job is
+      handed back to the queue, as it is, by the code that was cancelled. Raise
+      TypeError.
+    - ``attempt`` or ``max_attempts`` below 1: ValueError.
+    """
+    raise NotImplementedError("Exercise 4.2: decide")
+
+
+async def apply_payment(
+    redis: redis.asyncio.Redis,
+    payment_id: str,
+    account: str,
+    amount: int,
+    *,
+    ttl_s: int = 86_400,
+) -> int:
+    """Exercise 4.3: credit a payment exactly once, however many times the job runs.
+
+        await apply_payment(redis, "pay-1", "alice", 100)   # 100
+        await apply_payment(redis, "pay-1", "alice", 100)   # 100: pay-1 is applied already
+        await apply_payment(redis, "pay-2", "alice", 50)    # 150
+
+    At-least-once delivery means this job may run twice: after a retry, or on two
+    workers at the same time once a slow one's job is reclaimed. Make running it
+    again harmless.
+
+    - The balance of ``account`` is the integer at the key ``balance:<account>``
+      (missing: 0). Add ``amount`` to it, once per ``payment_id``, and remember that
+      the payment is applied under the key ``applied:<payment_id>``.
+    - Return the account's balance after the call, as an int. A payment applied
+      already changes nothing: return the balance as it is.
+    - Any number of runs of the same payment, at the same time on different
+      connections, add ``amount`` once. A run cut short after any command (the
+      worker died), then run again, adds it once: never zero times, never twice.
+      Checking first (GET) and adding after (INCRBY) does neither.
+    - ``applied:<payment_id>`` expires after ``ttl_s`` seconds (a redelivery comes
+      long before that; the record must not fill Redis forever). The balance never
+      expires.
+    """
+    raise NotImplementedError("Exercise 4.3: apply_payment")

@@ -1,0 +1,115 @@
+"""Chapter 4: a distributed task queue that loses nothing, solved."""
+
+from __future__ import annotations
+
+__all__ = ["Decision", "ack", "apply_payment", "claim", "decide"]
+
+from typing import Literal, NamedTuple
+
+import redis.asyncio
+
+# One script, so one atomic step for the whole batch: Redis runs a script to the end
+# before it serves any other client. Each LMOVE on its own would be atomic too (a
+# loop of them in Python is a fine answer); the script saves n - 1 round trips.
+_CLAIM = """
+local jobs = {}
+for i = 1, tonumber(ARGV[1]) do
+    local job = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+    if not job then break end
+    jobs[i] = job
+end
+return jobs
+"""
+
+
+async def claim(redis: redis.asyncio.Redis, source: str, processing: str, n: int) -> list[bytes]:
+    """Move up to ``n`` jobs, oldest first, from ``source`` to ``processing``; return them.
+
+        await claim(redis, "jobs", "jobs:processing", 2)   # [b'a', b'b']
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, not {n!r}")
+    script = redis.register_script(_CLAIM)
+    return list(await script(keys=[source, processing], args=[n]))
+
+
+async def ack(redis: redis.asyncio.Redis, processing: str, job: bytes) -> bool:
+    """Remove one copy of ``job`` from ``processing``; False if it was not there."""
+    # Count 1, not 0: the same payload pushed twice is two jobs, and one is not done.
+    return await redis.lrem(processing, 1, job) == 1
+
+
+class Decision(NamedTuple):
+    """What to do with a job once an attempt has ended.
+
+        Decision("retry", 4.0, "ConnectionError: reset (attempt 3/5 failed)")
+    """
+
+    action: Literal["ack", "retry", "dead"]  # done / run it again later / give up on it
+    delay_s: float = 0.0  # how long to wait before the next attempt; 0 unless "retry"
+    reason: str = ""  # for the logs and the dead-letter list; "" is fine for "ack"
+
+
+def decide(
+    attempt: int,
+    max_attempts: int,
+    error: BaseException | None,
+    *,
+    retry_on: tuple[type[Exception], ...] = (Exception,),
+    base_s: float = 1.0,
+    max_s: float = 60.0,
+) -> Decision:
+    """Ack, retry after exponential backoff, or give up on the attempt that just ended.
+
+        decide(2, 3, ConnectionError("reset"))      # Decision('retry', 2.0, 'ConnectionError...')
+    """
+    if attempt < 1 or max_attempts < 1:
+        raise ValueError(
+            f"attempt and max_attempts count from 1, not {attempt!r} and {max_attempts!r}"
+        )
+    if error is None:
+        return Decision("ack")
+    if not isinstance(error, Exception):
+        # Cancelled (or the process is exiting): the job did not fail, it was stopped.
+        # Whoever cancelled it hands it back untouched; a retry would spend an attempt
+        # and a dead letter would bury a healthy job.
+        raise TypeError(
+            f"{type(error).__name__} is not a failure to settle: hand the job back as it is"
+        )
+    what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if not isinstance(error, retry_on):
+        return Decision("dead", 0.0, f"{what} (not retried)")
+    if attempt >= max_attempts:
+        return Decision("dead", 0.0, f"{what} (gave up after {attempt} attempts)")
+    # 2.0 ** 1100 overflows a float: past 1000 doublings the cap has long won anyway.
+    delay_s = min(max_s, base_s * 2.0 ** min(attempt - 1, 1000))
+    return Decision("retry", delay_s, f"{what} (attempt {attempt}/{max_attempts} failed)")
+
+
+# SET NX answers "was it applied before?" and records it, in the same step as the
+# credit: no other run can slip in between, and a worker dying mid-way leaves either
+# nothing done or everything done, never the record without the money.
+_APPLY = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+    return redis.call('INCRBY', KEYS[2], ARGV[1])
+end
+return tonumber(redis.call('GET', KEYS[2]) or '0')
+"""
+
+
+async def apply_payment(
+    redis: redis.asyncio.Redis,
+    payment_id: str,
+    account: str,
+    amount: int,
+    *,
+    ttl_s: int = 86_400,
+) -> int:
+    """Add ``amount`` to ``balance:<account>`` once per ``payment_id``; the balance after.
+
+        await apply_payment(redis, "pay-1", "alice", 100)   # 100
+        await apply_payment(redis, "pay-1", "alice", 100)   # 100 again: applied already
+    """
+    script = redis.register_script(_APPLY)
+    keys = [f"applied:{payment_id}", f"balance:{account}"]
+    return int(await script(keys=keys, args=[amount, ttl_s]))
