@@ -14,11 +14,12 @@ status: no sleep-polling, and no notification can slip between a check and a wai
 
 from __future__ import annotations
 
-__all__ = ["DeadLetter", "JobHandle", "Queue", "QueueCounts"]
+__all__ = ["DeadLetter", "JobHandle", "Queue", "QueueCounts", "RequeueReport"]
 
 import asyncio
 import dataclasses
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +27,8 @@ from typing import Any
 
 import redis.asyncio
 
-from .job import Job, JobFailed, JobNotFound, JobStatus, TaskRegistry
+from . import scripts
+from .job import InvalidJob, Job, JobFailed, JobNotFound, JobStatus, TaskRegistry
 from .keys import DEFAULT_QUEUE, QueueKeys
 
 # result() blocks on the job's list in slices of at most this long, then reads the
@@ -35,33 +37,9 @@ from .keys import DEFAULT_QUEUE, QueueKeys
 # read whose caller went away: it finishes on its own, at most this much later).
 _WAIT_SLICE_S = 2.0
 _MIN_BLOCK_S = 0.01  # Redis reads a timeout of 0 as "forever": never send one
-
-_ENQUEUE = """
--- KEYS[1] job record, KEYS[2] stream, KEYS[3] done list
--- ARGV[1] envelope, ARGV[2] task, ARGV[3] attempt, ARGV[4] max_attempts, ARGV[5] enqueued_at
--- The id is taken while its record exists: check and add in one atomic step.
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
--- A token left by an earlier job with this id (expiring just after its record)
--- would wake this job's waiters before it ends.
-redis.call('DEL', KEYS[3])
-local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2], 'attempt', ARGV[3],
-           'max_attempts', ARGV[4], 'enqueued_at', ARGV[5], 'entry', entry)
-return entry
-"""
-
-# Move due retries back to the stream. One script: ZRANGEBYSCORE, XADD, ZREM run
-# with nothing in between, so two workers moving at once never move a job twice
-# (a ZRANGEBYSCORE-then-ZREM from the client would let both read the same jobs).
-_MOVE_DUE = """
--- KEYS[1] delayed zset, KEYS[2] stream; ARGV[1] now (epoch s), ARGV[2] at most this many
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, job in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'job', job)
-  redis.call('ZREM', KEYS[1], job)
-end
-return #due
-"""
+# A full stream entry id. A bare "1712345678901" would be read by XRANGE as a range
+# (every entry of that millisecond) but by XDEL as "1712345678901-0".
+_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,6 +73,24 @@ class QueueCounts:
     consumers: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequeueReport:
+    """What ``Queue.requeue_dead`` did, by dead-letter entry id.
+
+        report = await queue.requeue_dead()
+        report.requeued   # {'1712345678901-0': 'resize-42'}: entry id -> job id
+        report.refused    # {'1712345678902-0': "invalid job: not JSON (...)"}: still dead
+    """
+
+    requeued: dict[str, str]
+    refused: dict[str, str]  # entry id -> why; these stay in the dead-letter stream
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was refused."""
+        return not self.refused
+
+
 class Queue:
     """A job queue on a Redis Stream: enqueue, follow and await jobs.
 
@@ -119,8 +115,9 @@ class Queue:
         self.keys = QueueKeys(name)
         self.name = name
         self.registry = registry
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._move_due = redis.register_script(_MOVE_DUE)
+        self._enqueue = redis.register_script(scripts.ENQUEUE)
+        self._move_due = redis.register_script(scripts.MOVE_DUE)
+        self._requeue = redis.register_script(scripts.REQUEUE_DEAD)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r}>"
@@ -247,6 +244,86 @@ class Queue:
             ))  # fmt: skip
         return letters
 
+    async def requeue_dead(self, entry_ids: Iterable[str] | None = None, *,
+                           count: int = 100) -> RequeueReport:
+        """Put dead jobs back in the stream with a fresh set of attempts; say which.
+
+            report = await queue.requeue_dead()                    # the oldest 100
+            report = await queue.requeue_dead(["1712345678901-0"])
+            report.requeued, report.refused
+
+        Each job goes back as it was (same id, task, arguments, max_attempts), at
+        attempt 1, enqueued now; its record is queued again (error and result
+        cleared), and ``handle.result()`` waits for the new run. One Lua script per
+        entry adds the job and deletes the dead letter together: a crash never loses
+        it or puts it back twice, and a second requeue of the same entry is refused.
+        Refused, and left in the dead-letter stream: entries that are not valid jobs,
+        jobs past their deadline, unknown tasks (with a ``registry``), ids not in it.
+        """
+        if isinstance(entry_ids, str):
+            entry_ids = [entry_ids]
+        if entry_ids is None:
+            found = await self.redis.xrange(self.keys.dead, count=count)
+            letters = [(_text(entry_id), fields) for entry_id, fields in found]
+        else:
+            letters = await self._dead_entries(list(dict.fromkeys(entry_ids)))
+        outcome: dict[str, tuple[str | None, str]] = {}  # entry id -> (job id, why refused)
+        sent: list[tuple[str, str]] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id, fields in letters:
+                try:
+                    if fields is None:
+                        raise _Refused(_missing_reason(entry_id))
+                    job, extra = self._requeueable(fields)
+                except (InvalidJob, _Refused) as exc:
+                    outcome[entry_id] = (None, str(exc))
+                    continue
+                outcome[entry_id] = (job.id, "")
+                sent.append((entry_id, job.id))
+                # One script per entry, pipelined: each is atomic, the batch need not be.
+                await self._requeue(
+                    keys=[self.keys.dead, self.keys.stream, self.keys.job(job.id),
+                          self.keys.done(job.id)],
+                    args=[entry_id, job.encode(), job.task, job.max_attempts,
+                          repr(job.enqueued_at), *extra],
+                    client=pipe,
+                )  # fmt: skip
+            replies = await pipe.execute() if sent else []
+        for (entry_id, job_id), (ok, detail) in zip(sent, replies, strict=True):
+            outcome[entry_id] = (job_id, "") if int(ok) else (None, _text(detail))
+        return RequeueReport(
+            requeued={e: job_id for e, (job_id, _) in outcome.items() if job_id is not None},
+            refused={e: why for e, (job_id, why) in outcome.items() if job_id is None},
+        )
+
+    async def _dead_entries(self, entry_ids: list[str]) -> list[tuple[str, Any]]:
+        """(id, fields) for each id; fields None when it is no entry of the dead stream."""
+        wanted = [entry_id for entry_id in entry_ids if _ENTRY_ID.fullmatch(entry_id)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for entry_id in wanted:
+                pipe.xrange(self.keys.dead, entry_id, entry_id, count=1)
+            replies = dict(zip(wanted, await pipe.execute(), strict=True)) if wanted else {}
+        return [(entry_id, replies[entry_id][0][1] if replies.get(entry_id) else None)
+                for entry_id in entry_ids]
+
+    def _requeueable(self, fields: dict[Any, Any]) -> tuple[Job, list[Any]]:
+        """The letter's job at attempt 1, and the entry's other fields.
+
+        InvalidJob when it holds no valid job, _Refused when the job cannot run again.
+        """
+        named = {_text(k): v for k, v in fields.items()}
+        raw = named.get("job")
+        if raw is None:
+            raise _Refused("the dead letter holds no 'job' field: the entry was never a job")
+        job = Job.decode(raw)
+        if job.deadline is not None and job.deadline <= time.time():
+            raise _Refused(f"its deadline has passed ({job.deadline:.3f}): it would die unrun")
+        if self.registry is not None and job.task not in self.registry:
+            raise _Refused(f"unknown task {job.task!r}: not in {self.registry!r}")
+        extra = [item for name, value in named.items() if name.startswith("extra:")
+                 for item in (name.removeprefix("extra:"), value)]
+        return dataclasses.replace(job, attempt=1, enqueued_at=time.time()), extra
+
     def _enqueue_keys(self, job: Job) -> list[str]:
         return [self.keys.job(job.id), self.keys.stream, self.keys.done(job.id)]
 
@@ -334,6 +411,16 @@ def _outcome(job_id: str, status: JobStatus, record: dict[str, str]) -> Any:
         return json.loads(record.get("result", "null"))
     raise JobFailed(job_id, record.get("task", "?"), status, record.get("error_type", ""),
                     record.get("error", ""), record.get("reason", ""))
+
+
+class _Refused(Exception):
+    """A dead letter that ``requeue_dead`` leaves where it is; the message says why."""
+
+
+def _missing_reason(entry_id: str) -> str:
+    if not _ENTRY_ID.fullmatch(entry_id):
+        return f"{entry_id[:60]!r} is not a stream entry id (like 1712345678901-0)"
+    return "not in the dead-letter stream (requeued already?)"
 
 
 def _enqueue_args(job: Job, data: bytes) -> list[Any]:
