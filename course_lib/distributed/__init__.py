@@ -13,9 +13,20 @@
     print(await handle.result(timeout_s=30))
 
 Modules: ``keys`` (every Redis key, in one place), ``job`` (the JSON envelope,
-statuses, the task registry), ``queue`` (the client), ``worker`` (the consumer-group
-worker), ``naive`` (the article's list worker, to show how it loses and duplicates
-jobs; never use it).
+statuses, the task registry), ``scripts`` (every Lua script, and why each must be
+atomic), ``queue`` (the client: enqueue, results, dead letters and their requeue),
+``worker`` (the consumer-group worker: reading, slots, stopping) and ``running``
+(its per-job half: run one entry, settle it), ``cli`` (the command line), ``naive``
+(the article's list worker, to show how it loses and duplicates jobs; never use it).
+
+From a shell (``python -m course_lib.distributed --help``; exit codes in ``cli``):
+
+    python -m course_lib.distributed --redis-url redis://127.0.0.1:6379/0 \\
+        worker --app course_lib.examples.jobs_app:registry
+    python -m course_lib.distributed enqueue resize 42 --wait 30
+    python -m course_lib.distributed stats
+    python -m course_lib.distributed dead list
+    python -m course_lib.distributed dead requeue --all
 """
 
 __all__ = [
@@ -33,6 +44,7 @@ __all__ = [
     "Queue",
     "QueueCounts",
     "QueueKeys",
+    "RequeueReport",
     "Task",
     "TaskRegistry",
     "Worker",
@@ -51,5 +63,5 @@ from .job import (
 )
 from .keys import DEFAULT_QUEUE, PREFIX, QueueKeys
 from .naive import NaiveListWorker
-from .queue import DeadLetter, JobHandle, Queue, QueueCounts
+from .queue import DeadLetter, JobHandle, Queue, QueueCounts, RequeueReport
 from .worker import Worker, WorkerStats

@@ -1,0 +1,466 @@
+"""The job queue from a shell: run a worker, enqueue jobs, inspect the queue and dead letters.
+
+    python -m course_lib.distributed --redis-url redis://127.0.0.1:6379/0 \\
+        worker --app course_lib.examples.jobs_app:registry --concurrency 4
+    python -m course_lib.distributed enqueue resize 42 --wait 30   # prints the id, then the result
+    python -m course_lib.distributed stats --json
+    python -m course_lib.distributed dead list
+    python -m course_lib.distributed dead requeue --all
+
+Options that every command takes (``--redis-url``, ``--queue``, ``-v``, ``-q``) go
+before or after the command. The URL is ``--redis-url``, else ``REDIS_URL``; there
+is no default: a command line cannot reach the in-process fakeredis of another
+process (``course_lib.redis.serve_fake_tcp()`` serves one on a TCP port).
+
+``worker`` runs until SIGTERM or SIGINT, then stops gracefully (it stops reading,
+lets running jobs finish within ``--grace``, hands back the rest) and exits 0; a
+second signal ends it at once. It prints ``worker NAME ready`` on stderr once it
+has joined the consumer group, and logs one line per job transition on stderr.
+``enqueue`` sends what it is given (3 attempts, no timeout, unless told); with
+``--app`` it refuses unknown tasks and uses the task's own settings, as a
+``Queue`` with a registry does. Data goes to stdout, messages to stderr;
+passwords never show (``mask_url``).
+
+Exit codes:
+
+    0    ok
+    1    the awaited job failed or died (enqueue --wait), a requeue refused some
+         entries, or Redis answered a command with an error
+    2    usage error: bad arguments, no Redis URL, a bad --app
+    3    Redis unreachable
+    4    timed out waiting (enqueue --wait SECONDS)
+    130  interrupted (Ctrl-C outside the worker's graceful stop)
+"""
+
+from __future__ import annotations
+
+__all__ = ["UsageError", "load_app", "main"]
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import importlib
+import json
+import logging
+import math
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from ..lifecycle import GracefulShutdown
+from ..redis import RedisUnavailable, _scrub, connect, mask_url
+from .job import InvalidJob, Job, JobFailed, JobNotFound, TaskRegistry
+from .keys import DEFAULT_QUEUE, check_queue_name
+from .queue import DeadLetter, Queue, _text
+from .running import _REDIS_DOWN
+from .worker import Worker
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130
+
+PROG = "python -m course_lib.distributed"
+_DOC = __doc__ or "\n\nExit codes:\n\n"  # python -OO strips docstrings
+_EXIT_CODES = "exit codes:\n" + textwrap.indent(
+    textwrap.dedent(_DOC.split("Exit codes:\n\n")[1]), "  ")  # the table above, in --help
+_NO_URL = ("no Redis URL: pass --redis-url or set REDIS_URL (another process cannot reach "
+           "an in-process fakeredis; course_lib.redis.serve_fake_tcp() serves one on a port)")
+_PAGE = 100  # dead letters per requeue_dead() call (one pipeline each)
+
+logger = logging.getLogger(__name__)
+Command = Callable[[argparse.Namespace, redis.asyncio.Redis], Coroutine[Any, Any, int]]
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given: exit 2 with this one-line message."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command (``argv``: default ``sys.argv[1:]``); return its exit code."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    with _logging(args.verbosity):
+        try:
+            _prepare(args)
+            url = args.redis_url or os.environ.get("REDIS_URL") or None
+            if url is None:
+                raise UsageError(_NO_URL)
+            return asyncio.run(_run(args, url))
+        except UsageError as exc:
+            return _fail(EXIT_USAGE, exc)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+
+def load_app(spec: str) -> TaskRegistry:
+    """The TaskRegistry ``MODULE:ATTR`` names; UsageError saying what is wrong otherwise.
+
+        load_app("course_lib.examples.jobs_app:registry")   # <TaskRegistry ['report', ...]>
+    """
+    module_name, colon, attr = spec.partition(":")
+    if not (colon and module_name and attr):
+        raise UsageError(f"--app {spec!r} must be MODULE:ATTR, e.g. "
+                         "course_lib.examples.jobs_app:registry")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name + ".").startswith(exc.name + "."):
+            raise UsageError(f"--app {spec!r}: no module named {exc.name!r} "
+                             f"(is it on the path? run from its project folder)") from None
+        raise _import_failed(spec, module_name, exc) from None
+    except Exception as exc:  # the app's own module is broken: say how, in one line
+        raise _import_failed(spec, module_name, exc) from None
+    found: Any = module
+    for part in attr.split("."):
+        try:
+            found = getattr(found, part)
+        except AttributeError:
+            raise UsageError(f"--app {spec!r}: module {module_name!r} has no "
+                             f"attribute {attr!r}") from None
+    if not isinstance(found, TaskRegistry):
+        raise UsageError(f"--app {spec!r} is {type(found).__name__}, not a TaskRegistry")
+    if not len(found):
+        raise UsageError(f"--app {spec!r} registers no task: its worker would run nothing")
+    return found
+
+
+# --- the parser ----------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=_DOC.split("\n\n")[0], epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    _add_common(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, defaults=False)  # after the command too, not overriding
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: Any, name: str, run: Command, help: str) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, parents=[common], help=help, description=help,
+                               epilog=_EXIT_CODES,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(run=run)
+        return sub
+
+    worker = command(commands, "worker", _worker, "run a worker until SIGTERM or SIGINT")
+    worker.add_argument("--app", required=True, metavar="MODULE:ATTR",
+                        help="the TaskRegistry to run, e.g. course_lib.examples.jobs_app:registry")
+    worker.add_argument("--concurrency", type=_positive(int), default=10,
+                        help="jobs run at once (default 10)")
+    worker.add_argument("--name", help="consumer name, unique per worker (default host-pid-random)")
+    worker.add_argument("--visibility-timeout", type=_positive(float), default=30.0,
+                        metavar="S", help="idle seconds before a dead worker's job is "
+                        "reclaimed (default 30)")
+    worker.add_argument("--grace", type=_positive(float, zero=True), default=10.0, metavar="S",
+                        help="seconds running jobs get to finish at stop (default 10)")
+    worker.add_argument("--block", type=_positive(float), default=1.0, metavar="S",
+                        help="longest wait of one read (default 1)")
+
+    enqueue = command(commands, "enqueue", _enqueue, "enqueue one job, print its id")
+    enqueue.add_argument("task", metavar="TASK")
+    enqueue.add_argument("arg", nargs="*", type=_json_or_text, metavar="ARG",
+                         help="positional arguments: JSON when they parse (42, true, "
+                              "\"42\", [1,2]), else strings")
+    enqueue.add_argument("--args", type=_json_of(list), metavar="JSON",
+                         help="positional arguments as a JSON list (instead of ARGs)")
+    enqueue.add_argument("--kwargs", type=_json_of(dict), default={}, metavar="JSON",
+                         help="keyword arguments as a JSON object")
+    enqueue.add_argument("--app", metavar="MODULE:ATTR",
+                         help="a TaskRegistry: refuse unknown tasks, use the task's "
+                              "max_attempts and timeout")
+    enqueue.add_argument("--job-id", metavar="ID",
+                         help="the job's id: the same id twice is enqueued once")
+    enqueue.add_argument("--max-attempts", type=_positive(int), metavar="N",
+                         help="attempts in all (default 3)")
+    enqueue.add_argument("--wait", nargs="?", type=_positive(float), const=math.inf,
+                         metavar="SECONDS", help="wait for the result (at most SECONDS) and "
+                         "print it as JSON")
+
+    stats = command(commands, "stats", _stats,
+                    "queue counts: stream, pending, lag, delayed, dead, consumers")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+
+    dead = commands.add_parser("dead", help="list or requeue dead letters",
+                               description="list or requeue dead letters")
+    dead_commands = dead.add_subparsers(dest="dead_command", required=True, metavar="COMMAND")
+    listing = command(dead_commands, "list", _dead_list, "the oldest dead letters")
+    listing.add_argument("--count", type=_positive(int), default=100, metavar="N",
+                         help="at most N (default 100)")
+    listing.add_argument("--json", action="store_true", help="a JSON list, jobs included")
+    requeue = command(dead_commands, "requeue", _dead_requeue,
+                      "put dead jobs back with a fresh set of attempts")
+    # Checked in _prepare, not by a mutually exclusive group: how argparse treats a
+    # nargs="*" positional in one has changed between Python releases.
+    requeue.add_argument("entry_id", nargs="*", metavar="ENTRY_ID",
+                         help="dead-letter entry ids (see dead list)")
+    requeue.add_argument("--all", action="store_true", help="every dead letter")
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    # Defined twice: on the main parser with defaults, on each command with none
+    # (SUPPRESS), so `worker --redis-url X` works and never resets what came before.
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--redis-url", metavar="URL", default=default(None),
+                        help="the server (default: $REDIS_URL)")
+    parser.add_argument("--queue", metavar="NAME", default=default(DEFAULT_QUEUE),
+                        help=f"the queue (default {DEFAULT_QUEUE!r})")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", dest="verbosity", action="store_const",
+                      const=logging.DEBUG, default=default(logging.INFO), help="log more")
+    loud.add_argument("-q", "--quiet", dest="verbosity", action="store_const",
+                      const=logging.WARNING, default=default(logging.INFO),
+                      help="log warnings only")
+
+
+def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number > 0 (>= 0 with ``zero``), finite or inf, not NaN."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (value > 0 or (zero and value == 0)):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, not {text}")
+        return value
+
+    return parse
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text, parse_constant=_refuse)
+    except ValueError:
+        return text
+
+
+def _json_of(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = json.loads(text, parse_constant=_refuse)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+        if not isinstance(value, kind):
+            want = "a JSON list" if kind is list else "a JSON object"
+            raise argparse.ArgumentTypeError(f"must be {want}, not {text!r}")
+        return value
+
+    return parse
+
+
+def _refuse(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# --- running a command ---------------------------------------------------------------------
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """Check what needs no server, so a usage error never waits for one."""
+    try:
+        check_queue_name(args.queue)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.command == "worker":
+        args.registry = load_app(args.app)
+        if args.block >= args.visibility_timeout:
+            raise UsageError(f"--block ({args.block}) must be below --visibility-timeout "
+                             f"({args.visibility_timeout})")
+    elif args.command == "dead" and args.dead_command == "requeue":
+        if bool(args.all) == bool(args.entry_id):
+            raise UsageError("dead requeue takes ENTRY_IDs or --all (one of the two)")
+    elif args.command == "enqueue":
+        if args.args is not None and args.arg:
+            raise UsageError("give the arguments as ARGs or as --args, not both")
+        options: dict[str, Any] = {"id": args.job_id} if args.job_id else {}
+        if args.app:
+            task = load_app(args.app).get(args.task)
+            if task is None:
+                raise UsageError(f"no task {args.task!r} in --app {args.app!r}")
+            options |= {"max_attempts": task.max_attempts, "timeout_s": task.timeout_s}
+        if args.max_attempts:
+            options["max_attempts"] = args.max_attempts
+        try:
+            args.job = Job(args.task, args.args or args.arg, args.kwargs, **options)
+            args.job.encode()  # the size check
+        except InvalidJob as exc:
+            raise UsageError(str(exc)) from None
+
+
+async def _run(args: argparse.Namespace, url: str) -> int:
+    shown = mask_url(url)
+    logger.debug("connecting to %s", shown)
+    try:
+        client = await connect(url)
+    except RedisUnavailable as exc:
+        return _fail(EXIT_UNREACHABLE, exc)
+    except ValueError as exc:  # a malformed URL; the message masks it
+        return _fail(EXIT_USAGE, exc)
+    try:
+        return await args.run(args, client)
+    except _REDIS_DOWN as exc:
+        reason = _scrub(str(exc) or type(exc).__name__, url)
+        return _fail(EXIT_UNREACHABLE, f"Redis unreachable at {shown}: {reason}")
+    except redis.exceptions.RedisError as exc:
+        return _fail(EXIT_FAILED, f"Redis at {shown} refused: {_scrub(str(exc), url)}")
+    finally:
+        await client.aclose()
+
+
+async def _worker(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    worker = Worker(client, args.registry, queue=args.queue, name=args.name,
+                    concurrency=args.concurrency, visibility_timeout_s=args.visibility_timeout,
+                    grace_s=args.grace, block_s=args.block)
+    async with GracefulShutdown() as stop:
+        await worker.start()
+        try:
+            # Printed, not logged: a parent process waits for this line, whatever -q says.
+            print(f"worker {worker.name} ready", file=sys.stderr, flush=True)
+            await stop.wait()
+        finally:
+            await worker.stop()  # logs "worker NAME stopped: <report>"
+    return EXIT_OK
+
+
+async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    handle = await Queue(client, args.queue).enqueue_job(args.job)
+    print(handle.id, flush=True)
+    if not handle.enqueued:
+        status = await handle.status()
+        print(f"job {handle.id} exists already ({status.value if status else 'unknown'}): "
+              "not enqueued again", file=sys.stderr)
+    if args.wait is None:
+        return EXIT_OK
+    try:
+        result = await handle.result(timeout_s=None if math.isinf(args.wait) else args.wait)
+    except TimeoutError as exc:
+        return _fail(EXIT_TIMEOUT, exc)
+    except (JobFailed, JobNotFound) as exc:
+        return _fail(EXIT_FAILED, exc)
+    print(json.dumps(result, ensure_ascii=False))
+    return EXIT_OK
+
+
+async def _stats(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    counts = dataclasses.asdict(await Queue(client, args.queue).counts())
+    if args.json:
+        print(json.dumps({"queue": args.queue, **counts}))
+    else:
+        for name, value in {"queue": args.queue, **counts}.items():
+            print(f"{name:<10} {value}")
+    return EXIT_OK
+
+
+async def _dead_list(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    letters = await Queue(client, args.queue).dead_letters(count=args.count)
+    if args.json:
+        print(json.dumps([_letter_dict(letter) for letter in letters], ensure_ascii=False))
+    elif not letters:
+        print(f"no dead letters in queue {args.queue!r}", file=sys.stderr)
+    for letter in [] if args.json else letters:
+        print(_letter_line(letter))
+    return EXIT_OK
+
+
+async def _dead_requeue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    queue = Queue(client, args.queue)
+    ids = await _all_dead_ids(queue) if args.all else args.entry_id
+    done = refused = 0
+    for start in range(0, len(ids), _PAGE):
+        report = await queue.requeue_dead(ids[start:start + _PAGE])
+        for entry_id, job_id in report.requeued.items():
+            print(f"{entry_id} requeued: job {job_id}")
+        for entry_id, why in report.refused.items():
+            print(f"{entry_id} refused: {why}", file=sys.stderr)
+        done, refused = done + len(report.requeued), refused + len(report.refused)
+    print(f"requeued {done}, refused {refused}", file=sys.stderr)
+    return EXIT_FAILED if refused else EXIT_OK
+
+
+async def _all_dead_ids(queue: Queue) -> list[str]:
+    """Every id in the dead-letter stream now (later letters are not chased)."""
+    ids: list[str] = []
+    start = "-"
+    while True:
+        page = await queue.redis.xrange(queue.keys.dead, min=start, count=500)
+        ids += [_text(entry_id) for entry_id, _ in page]
+        if len(page) < 500:
+            return ids
+        ms, seq = ids[-1].split("-")
+        start = f"{ms}-{int(seq) + 1}"  # just after the last one
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
+    shown = dataclasses.asdict(letter)
+    shown["job"] = None if letter.job is None else _text(letter.job)
+    shown["extra"] = {name: _text(value) for name, value in letter.extra.items()}
+    return shown
+
+
+def _letter_line(letter: DeadLetter) -> str:
+    """One line, arguments left out (they can hold secrets): id, when, which job, why."""
+    when = datetime.datetime.fromtimestamp(letter.dead_at, datetime.UTC)
+    try:
+        job = Job.decode(letter.job or b"")
+        what = f"{job.task}(id={job.id}) {job.attempt}/{job.max_attempts}"
+    except InvalidJob:
+        what = "(not a job)"
+    why = letter.reason
+    if letter.error_type:
+        why += f"; {letter.error_type}: {letter.error}"
+    why = " ".join(why.split())  # one line
+    if len(why) > 160:
+        why = why[:157] + "..."
+    return f"{letter.entry_id}  {when:%Y-%m-%d %H:%M:%S}Z  {what}  {why}"
+
+
+def _fail(code: int, problem: object) -> int:
+    # One line, no traceback: the message names the problem (with -v, the log has more).
+    text = str(problem).strip().splitlines()
+    print(f"{PROG}: error: {text[0] if text else type(problem).__name__}", file=sys.stderr)
+    return code
+
+
+def _import_failed(spec: str, module_name: str, exc: BaseException) -> UsageError:
+    logger.debug("importing %s failed", module_name, exc_info=exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return UsageError(f"--app {spec!r}: importing {module_name!r} failed: "
+                      f"{type(exc).__name__}: {first}")
+
+
+@contextlib.contextmanager
+def _logging(level: int) -> Iterator[None]:
+    """Log course_lib's records to stderr at ``level`` while a command runs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("course_lib")
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)

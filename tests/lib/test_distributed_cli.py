@@ -1,0 +1,367 @@
+"""python -m course_lib.distributed: every command, every exit code, a worker process.
+
+The commands run in-process (``main([...])``) against the session's real server and
+against a fakeredis served on a TCP port; the worker runs as a real subprocess,
+stopped by SIGTERM and by SIGINT while a job runs. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis as redis_sync
+
+from course_lib.distributed import Job, JobStatus, QueueKeys
+from course_lib.distributed.cli import main
+from course_lib.redis import serve_fake_tcp
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+APP = "_cli_app:registry"  # tests/lib/_cli_app.py; tests/lib is on sys.path under pytest
+
+
+@pytest.fixture(params=[pytest.param("real", marks=pytest.mark.real_redis), "fake_tcp"])
+def url(request: pytest.FixtureRequest) -> str:
+    if request.param == "real":
+        return request.getfixturevalue("redis_server").url
+    server = serve_fake_tcp()
+    request.addfinalizer(server.stop)
+    return server.url
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"cli-{uuid.uuid4().hex[:8]}"  # the real server is shared by the session
+
+
+@pytest.fixture
+def client(url: str):
+    c = redis_sync.Redis.from_url(url)
+    yield c
+    c.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed when the block ends: nothing listens
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
+def test_enqueue_prints_the_job_id_and_queues_the_job(capsys, monkeypatch, url, queue, client):
+    keys = QueueKeys(queue)
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue,
+                         "enqueue", "add", "2", "x", '"3"', "--job-id", "a-1")
+    assert (code, out) == (0, "a-1\n")
+    [(_, fields)] = client.xrange(keys.stream)
+    job = Job.decode(fields[b"job"])
+    assert (job.task, job.args, job.max_attempts) == ("add", (2, "x", "3"), 3)
+    assert client.hget(keys.job("a-1"), "status") == b"queued"
+    # The same id again: enqueued once, said so; options may follow the command.
+    code, out, err = cli(capsys, "enqueue", "add", "--args", "[1, 2]", "--job-id", "a-1",
+                         "--redis-url", url, "--queue", queue)
+    assert (code, out) == (0, "a-1\n") and "exists already (queued)" in err
+    assert client.xlen(keys.stream) == 1
+    # With --app, the task's own settings; --kwargs as JSON; REDIS_URL as the URL.
+    monkeypatch.setenv("REDIS_URL", url)
+    code, out, _ = cli(capsys, "--queue", queue, "enqueue", "boom", "--app", APP,
+                       "--kwargs", '{"message": "hi"}')
+    assert code == 0
+    job = Job.decode(client.xrange(keys.stream)[-1][1][b"job"])
+    assert (job.id, job.kwargs, job.max_attempts) == (out.strip(), {"message": "hi"}, 1)
+
+
+def test_enqueue_wait_times_out_with_exit_4(capsys, url, queue):
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue,
+                         "enqueue", "add", "1", "2", "--job-id", "w-1", "--wait", "0.2")
+    assert (code, out) == (4, "w-1\n")
+    assert "still queued" in err and "Traceback" not in err
+
+
+def test_stats_counts_the_queue(capsys, url, queue):
+    for n in range(3):
+        cli(capsys, "--redis-url", url, "--queue", queue, "enqueue", "add", n, n)
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "stats", "--json")
+    assert code == 0
+    assert json.loads(out) == {"queue": queue, "stream": 3, "pending": 0, "lag": 3,
+                               "delayed": 0, "dead": 0, "consumers": 0}
+    code, out, _ = cli(capsys, "stats", "--redis-url", url, "--queue", queue)
+    assert code == 0 and "stream     3" in out.splitlines()
+
+
+def _bury(client, queue: str) -> tuple[str, str]:
+    """Two dead letters as a worker writes them: a dead job, and an entry that was no job."""
+    keys = QueueKeys(queue)
+    job = Job("boom", ["secret-arg"], id="d-1", max_attempts=1)
+    client.hset(keys.job("d-1"), mapping={"status": "dead", "task": "boom", "attempt": "1",
+                                          "error": "boom", "error_type": "ValueError"})
+    letter = {"reason": "gave up after 1 attempt(s)", "error_type": "ValueError",
+              "error": "boom", "origin_id": "1-0", "worker": "w", "dead_at": repr(time.time())}
+    dead = client.xadd(keys.dead, letter | {"job": job.encode()}).decode()
+    junk = client.xadd(keys.dead, letter | {"reason": "invalid job: not JSON",
+                                            "job": b"{oops"}).decode()
+    return dead, junk
+
+
+def test_dead_list_shows_each_letter_on_one_line_without_arguments(capsys, url, queue, client):
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "list")
+    assert (code, out) == (0, "") and "no dead letters" in err
+    dead, junk = _bury(client, queue)
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "list")
+    first, second = out.splitlines()
+    assert code == 0
+    assert first.startswith(dead) and "boom(id=d-1) 1/1" in first
+    assert "gave up after 1 attempt(s); ValueError: boom" in first
+    assert second.startswith(junk) and "(not a job)" in second
+    assert "secret-arg" not in out
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "list", "--json",
+                       "--count", 1)
+    [letter] = json.loads(out)
+    assert letter["entry_id"] == dead and Job.decode(letter["job"]).args == ("secret-arg",)
+
+
+def test_dead_requeue_puts_jobs_back_and_exits_1_for_refused_ones(capsys, url, queue, client):
+    keys = QueueKeys(queue)
+    dead, junk = _bury(client, queue)
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "requeue", dead)
+    assert (code, out) == (0, f"{dead} requeued: job d-1\n")
+    assert client.hget(keys.job("d-1"), "status") == b"queued"
+    assert Job.decode(client.xrange(keys.stream)[0][1][b"job"]).attempt == 1
+    # Again: it is gone from the dead letters, so it is refused, and not queued twice.
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "requeue", dead)
+    assert code == 1 and "not in the dead-letter stream" in err and client.xlen(keys.stream) == 1
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "requeue", "--all")
+    assert (code, out) == (1, "") and f"{junk} refused: invalid job: not JSON" in err
+    assert "requeued 0, refused 1" in err
+    assert [e.decode() for e, _ in client.xrange(keys.dead)] == [junk]  # still there
+    code, _, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "requeue")
+    assert code == 2 and "ENTRY_IDs or --all" in err
+
+
+def test_dead_requeue_all_pages_through_many_letters(capsys, url, queue, client):
+    keys = QueueKeys(queue)
+    with client.pipeline(transaction=False) as pipe:
+        for n in range(620):  # over one page of ids (500) and several of requeues (100)
+            job = Job("add", [n, n], id=f"m-{n}")
+            pipe.xadd(keys.dead, {"reason": "test", "job": job.encode()})
+        pipe.execute()
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "requeue", "--all")
+    assert code == 0 and "requeued 620, refused 0" in err and len(out.splitlines()) == 620
+    assert (client.xlen(keys.stream), client.xlen(keys.dead)) == (620, 0)
+
+
+# --- usage errors: exit 2, one line, no traceback --------------------------------------------
+
+
+def test_help_lists_the_exit_codes(capsys):
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "exit codes:" in out and "3    Redis unreachable" in out
+    code, out, _ = cli(capsys, "worker", "--help")
+    assert code == 0 and "exit codes:" in out and "--app MODULE:ATTR" in out
+
+
+def _broken_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "_cli_broken_app.py").write_text("registry = 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "_cli_broken_app:registry"
+
+
+@pytest.mark.parametrize(("app", "says"), [
+    ("_cli_app", "must be MODULE:ATTR"),
+    ("_cli_app:", "must be MODULE:ATTR"),
+    ("no_such_module_here:registry", "no module named 'no_such_module_here'"),
+    ("_cli_app:missing", "has no attribute 'missing'"),
+    ("_cli_app:not_a_registry", "is dict, not a TaskRegistry"),
+    ("_cli_app:empty", "registers no task"),
+    ("broken", "importing '_cli_broken_app' failed: ZeroDivisionError: division by zero"),
+])  # fmt: skip
+def test_a_bad_app_exits_2_with_one_line(capsys, tmp_path, monkeypatch, app, says):
+    if app == "broken":
+        app = _broken_module(tmp_path, monkeypatch)
+    url = f"redis://127.0.0.1:{closed_port()}/0"  # never reached: the app is checked first
+    code, out, err = cli(capsys, "--redis-url", url, "worker", "--app", app)
+    assert (code, out) == (2, "")
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["stats"], "no Redis URL: pass --redis-url or set REDIS_URL"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "--queue", "a:b", "stats"], "queue name"),
+    (["--redis-url", "redis://user:s3cret@host:port/0", "stats"], "malformed Redis URL"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "enqueue", "9bad"], "field 'task'"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "enqueue", "add", "1", "--args", "[1]"],
+     "not both"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "enqueue", "add", "--kwargs", "[1]"],
+     "must be a JSON object"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "enqueue", "nope", "--app", APP],
+     "no task 'nope'"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "worker", "--app", APP, "--block", "5",
+      "--visibility-timeout", "5"], "--block (5.0) must be below"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "worker", "--app", APP, "--concurrency", "0"],
+     "must be > 0"),
+    (["--redis-url", "redis://127.0.0.1:1/0"], "required"),
+])  # fmt: skip
+def test_usage_errors_exit_2(capsys, argv, says):
+    code, out, err = cli(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert says in err and "Traceback" not in err and "s3cret" not in err
+
+
+# --- Redis unreachable: exit 3, the URL masked -----------------------------------------------
+
+
+@pytest.mark.parametrize("command", [
+    ["stats"],
+    ["enqueue", "add", "1", "2", "--wait"],
+    ["dead", "list"],
+    ["dead", "requeue", "--all"],
+    ["worker", "--app", APP],
+])  # fmt: skip
+def test_unreachable_redis_exits_3_and_never_shows_the_password(capsys, command):
+    port = closed_port()
+    code, out, err = cli(capsys, "--redis-url", f"redis://user:s3cret@127.0.0.1:{port}/0",
+                         "-v", *command)
+    assert code == 3
+    assert f"redis://user:***@127.0.0.1:{port}/0" in err
+    assert "s3cret" not in out + err and "Traceback" not in err
+
+
+# --- the worker, as a process ------------------------------------------------------------------
+
+
+class WorkerProcess:
+    """``python -m course_lib.distributed worker`` on a queue; its stderr lines, collected."""
+
+    def __init__(self, url: str, queue: str, *extra: str) -> None:
+        env = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE),
+                                                          os.environ.get("PYTHONPATH")]))}
+        env.pop("REDIS_URL", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "course_lib.distributed", "worker", "--app", APP,
+             "--redis-url", url, "--queue", queue, "--block", "0.1", "--grace", "20", *extra],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout_s: float = 30.0) -> int:
+        """The index of the first stderr line holding ``text``; fails after ``timeout_s``."""
+        def found() -> int | None:
+            return next((i for i, line in enumerate(self.lines) if text in line), None)
+
+        with self._changed:
+            self._changed.wait_for(lambda: found() is not None or not self._reader.is_alive(),
+                                   timeout=timeout_s)
+            index = found()
+        assert index is not None, f"no {text!r} on stderr; it said:\n" + "\n".join(self.lines)
+        return index
+
+    def exit_code(self, timeout_s: float = 30.0) -> int:
+        code = self.proc.wait(timeout=timeout_s)
+        self._reader.join(timeout=5)
+        return code
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_worker_process_runs_jobs_and_stops_gracefully(capsys, redis_server, queue, sig):
+    url = redis_server.url
+    with WorkerProcess(url, queue, "--name", "w1", "--concurrency", "2") as worker:
+        worker.wait_for("worker w1 ready")
+        code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue,
+                           "enqueue", "add", "2", "3", "--job-id", "sum", "--wait", "20")
+        assert (code, out) == (0, "sum\n5\n")
+        code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "enqueue", "boom",
+                             "oh no", "--app", APP, "--job-id", "b", "--wait", "20")
+        assert code == 1 and "job b (boom) dead" in err and "ValueError: oh no" in err
+        code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue,
+                           "enqueue", "slow", "1.5", "--job-id", "long")
+        assert code == 0
+        running = worker.wait_for("→ slow(id=long) 1/3")
+        worker.proc.send_signal(sig)
+        assert worker.exit_code() == 0
+    lines = worker.lines
+    stop = worker.wait_for(f"stop requested ({sig.name})")
+    finished = worker.wait_for("← slow(id=long) ok")
+    assert running < stop < finished  # stopped while the job ran, which then finished
+    assert worker.wait_for("worker w1 stopped") > finished
+    assert not any("handed back" in line or "Traceback" in line for line in lines)
+    assert worker.wait_for("← add(id=sum) ok") < stop
+    client = redis_sync.Redis.from_url(url)
+    try:
+        record = client.hgetall(QueueKeys(queue).job("long"))
+        assert record[b"status"] == JobStatus.DONE.value.encode()
+        assert json.loads(record[b"result"]) == "slept 1.5"
+    finally:
+        client.close()
+
+
+def test_ctrl_c_while_waiting_for_a_result_exits_130(redis_server, queue):
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "course_lib.distributed", "--redis-url", redis_server.url,
+         "--queue", queue, "enqueue", "add", "1", "2", "--job-id", "never", "--wait"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        # The id comes first, once the job is enqueued: the wait has begun (no worker runs).
+        ids: list[str] = []
+        reader = threading.Thread(target=lambda: ids.append(proc.stdout.readline()))
+        reader.start()
+        reader.join(timeout=30)
+        assert ids == ["never\n"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
