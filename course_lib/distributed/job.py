@@ -215,17 +215,19 @@ class Job:
             except UnicodeDecodeError as exc:
                 raise InvalidJob(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
         try:
-            obj = json.loads(data, parse_constant=_refuse_constant)
+            obj = _DECODER.decode(data)
         except RecursionError:
             raise InvalidJob("not JSON: nested too deeply") from None
         except ValueError as exc:  # JSONDecodeError, NaN/Infinity, huge int literals
             raise InvalidJob(f"not JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise InvalidJob(f"expected a JSON object, got {_json_type(obj)}")
+        if _REQUIRED <= obj.keys() <= _FIELD_SET:  # the common case, checked cheaply
+            return cls(**obj)
         missing = sorted(_REQUIRED - obj.keys())
         if missing:
             raise InvalidJob(f"missing field(s) {', '.join(map(repr, missing))}")
-        unknown = sorted(obj.keys() - set(_FIELDS))
+        unknown = sorted(obj.keys() - _FIELD_SET)
         if unknown:
             shown = ", ".join(repr(k[:40]) for k in unknown[:5])
             raise InvalidJob(f"unknown field(s) {shown}")
@@ -338,6 +340,11 @@ class TaskRegistry:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every decode(): json.loads with an argument builds a new one each call.
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant)
+_FIELD_SET = frozenset(_FIELDS)
 
 
 def _is_number(value: object) -> bool:
