@@ -1,12 +1,14 @@
-"""Running one delivered entry and settling it: the per-job half of the Worker.
+"""Running delivered entries and settling them: the per-job half of the Worker.
 
     class Worker(_Running): ...      # worker.py: reading, slots, lifecycle
 
 A delivery goes: decode the entry (``Job.decode``; bad input is dead-lettered at
-once), mark the job running (``scripts.START``), run its task under a timeout while
-a heartbeat keeps the entry ours, then settle it: ONE run of ``scripts.SETTLE``
-acks the entry and writes the result, the retry, the dead letter or the hand-back.
-See the docstring of ``worker`` for why each step is safe.
+once), mark the job running (``scripts.START``, one call for all the jobs of a
+read), run its task under its timeout while the worker's heartbeat keeps the entry
+ours, then settle it: ``scripts.SETTLE`` acks the entry and writes the result, the
+retry, the dead letter or the hand-back in one atomic step. Deliveries that end in
+the same turn of the event loop are settled by one call, each one still gated by
+its own XACK. See the docstring of ``worker`` for why each step is safe.
 
 The log lines go to the logger ``course_lib.distributed.worker``, as the rest of
 the worker's: one logger to follow a worker by, whichever module writes.
@@ -27,10 +29,11 @@ from typing import Any
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
+from ..lifecycle import BackgroundTasks
 from ..timeouts import backoff_s
 from .job import MAX_JOB_BYTES, InvalidJob, Job, JobStatus, Task, TaskRegistry, to_json
 from .keys import QueueKeys
-from .queue import _raise_if_cancel_lost, _text
+from .queue import _text
 
 logger = logging.getLogger("course_lib.distributed.worker")
 
@@ -40,7 +43,7 @@ _MAX_ERROR_CHARS = 2000
 _MAX_TRACEBACK_CHARS = 8000
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class _Delivery:
     """One entry this worker holds in its PEL, and how far it got."""
 
@@ -48,12 +51,21 @@ class _Delivery:
     fields: dict[Any, Any]
     raw: Any = None  # the entry's ``job`` field, as read
     job: Job | None = None
+    task: Task | None = None
+    problem: str | None = None  # why it is dead-lettered unrun
+    error: Exception | None = None  # the InvalidJob behind ``problem``, if any
+    ended: str | None = None  # the job's final status, when it had ended already
     started: float | None = None  # loop time the attempt began
     settling: bool = False  # a settle has begun: a cancel must not hand it back
+    lost: bool = False  # a heartbeat found it reclaimed by another worker
+
+
+# A settle waiting to be sent: its 2 keys, its arguments, and its delivery.
+_Settle = tuple[list[Any], list[Any], _Delivery]
 
 
 class _Running:
-    """Run one delivered entry to its settlement; mixed into ``Worker``, which sets these."""
+    """Run delivered entries to their settlement; mixed into ``Worker``, which sets these."""
 
     name: str
     registry: TaskRegistry
@@ -72,157 +84,209 @@ class _Running:
     _heartbeat_script: AsyncScript
     _aborting: bool
     _nudge: asyncio.Event
+    _jobs: BackgroundTasks
     _bookkeeping: set[asyncio.Task[Any]]
-    _holding: set[str]
+    _holding: dict[str, _Delivery]
+    # keys.job("") and keys.done(""), UTF-8: + a job id, the keys of its record and
+    # token. Arguments go to redis-py as bytes in the per-job paths: it packs those
+    # about twice as fast as str.
+    _job_key: bytes
+    _done_key: bytes
+    _settles: list[_Settle]
     _counts: dict[str, int]
     _release: Callable[[int], None]
+    _prefetch_count: Callable[[int], int]
+    _settle_and_read: Callable[[list[Any], list[Any], int], Coroutine[Any, Any, Any]]
+
+    # --- starting a batch -------------------------------------------------------------
+
+    async def _start(self, batch: list[tuple[str, dict[Any, Any], str | None]]) -> int:
+        """Decode entries just read, mark their jobs running in one call, run each.
+
+        ``batch``: (entry id, fields, why it is poison or None). Returns how many run
+        (each in a task that owns one slot, already taken); the others stay pending.
+        """
+        deliveries = []
+        for entry_id, fields, poison in batch:
+            try:
+                deliveries.append(self._prepare(entry_id, fields, poison))
+            except Exception:  # a bug of ours: the entry stays pending, reclaimed later
+                logger.exception("worker %s: entry %s could not be handled", self.name,
+                                 entry_id)
+        runnable = [d for d in deliveries if d.problem is None]
+        if runnable:
+            unmarked = await self._mark_running(runnable)
+            if unmarked:
+                deliveries = [d for d in deliveries if d not in unmarked]
+        if self._aborting:
+            return 0  # a "crash": they stay in our PEL, unrun
+        for d in deliveries:
+            self._holding[d.entry_id] = d
+            self._jobs.spawn(self._run_entry(d), name=f"{self.name} {d.entry_id}")
+        return len(deliveries)
+
+    def _prepare(self, entry_id: str, fields: dict[Any, Any], poison: str | None) -> _Delivery:
+        """The delivery, decoded; ``problem`` set when it is to be dead-lettered unrun."""
+        d = _Delivery(entry_id, fields)
+        d.raw = _field(fields, "job")
+        try:
+            if d.raw is None:
+                raise InvalidJob(f"the entry has no 'job' field (fields: "
+                                 f"{sorted(_text(k) for k in fields)[:10]})")
+            job = d.job = Job.decode(d.raw)
+        except InvalidJob as exc:
+            d.problem, d.error = str(exc), exc
+            return d
+        d.task = self.registry.get(job.task)
+        if d.task is None:
+            d.problem = f"unknown task {job.task!r}: not registered on this worker"
+        elif poison is not None:
+            d.problem = poison
+        elif job.deadline is not None and time.time() >= job.deadline:
+            d.problem = "its deadline passed before it could start"
+        return d
+
+    async def _mark_running(self, deliveries: list[_Delivery]) -> list[_Delivery]:
+        """Record each attempt as running, in one call; those that could not be (not run).
+
+        A job whose record is final ended already (another entry with its id ran):
+        its ``ended`` is set, and it is acked as a duplicate, not run. With Redis
+        away only the records suffer: the jobs run, and are settled later.
+        """
+        keys: list[str] = []
+        args: list[Any] = [self.name, repr(time.time())]
+        for d in deliveries:
+            job = d.job
+            assert job is not None
+            keys.append(self._job_key + job.id.encode())
+            args.append(f"{job.attempt} {job.max_attempts} {job.task} {job.enqueued_at!r}"
+                        .encode())
+        try:
+            replies = await self._start_script(keys=keys, args=args)
+        except _REDIS_DOWN as exc:
+            logger.warning("worker %s: could not record %d job(s) running (%s)", self.name,
+                           len(deliveries), exc)
+            return []
+        except Exception:
+            if len(deliveries) == 1:  # a bug, or a key of the wrong type: left pending
+                logger.exception("worker %s: entry %s could not be marked running", self.name,
+                                 deliveries[0].entry_id)
+                return deliveries
+            return [d for one in deliveries for d in await self._mark_running([one])]
+        for d, ended in zip(deliveries, replies, strict=True):
+            d.ended = _text(ended) or None
+        return []
 
     # --- running one entry ------------------------------------------------------------
 
-    async def _run_entry(self, d: _Delivery, poison: str | None) -> None:
+    async def _run_entry(self, d: _Delivery) -> None:
+        """Run one delivery to its settle; the settle, sent later, frees its slot."""
         try:
-            d.raw = _field(d.fields, "job")
-            try:
-                if d.raw is None:
-                    raise InvalidJob(f"the entry has no 'job' field (fields: "
-                                     f"{sorted(_text(k) for k in d.fields)[:10]})")
-                d.job = Job.decode(d.raw)
-            except InvalidJob as exc:
-                await self._bury(d, str(exc), error=exc)
-                return
-            job = d.job
-            task = self.registry.get(job.task)
-            if task is None:
-                await self._bury(d, f"unknown task {job.task!r}: not registered on this worker")
-                return
-            if poison is not None:
-                await self._bury(d, poison)
-                return
-            if job.deadline is not None and time.time() >= job.deadline:
-                await self._bury(d, "its deadline passed before it could start")
-                return
-            final = await self._mark_running(job)
-            _raise_if_cancel_lost()  # a stop's cancel, lost in the command: hand it back
-            if final is not None:
-                # Its record is final: another entry with this id ran already.
-                d.settling = True
-                await self._bookkeep(self._settle(d.entry_id))
+            if d.problem is not None:
+                self._bury(d, d.problem, error=d.error)
+            elif d.ended is not None:
                 logger.info("entry %s: job %s ended already; acked as a duplicate",
-                            d.entry_id, job.id)
-                return
-            await self._run_one(d, job, task)
+                            d.entry_id, d.job.id if d.job else "?")
+                self._settle(d, None, "ack")
+            else:
+                assert d.job is not None and d.task is not None
+                await self._run_one(d, d.job, d.task)
         except asyncio.CancelledError:
             if d.job is not None and not d.settling and not self._aborting:
-                await self._bookkeep(self._hand_back(d))  # hand it back, then go on cancelling
+                self._hand_back(d)  # hand it back, then go on cancelling
             raise
         except Exception:
             # A bug of ours, not the job's: log it, keep the worker going. The entry
             # stays pending and is reclaimed after visibility_timeout_s.
             logger.exception("worker %s: entry %s could not be handled", self.name, d.entry_id)
         finally:
-            self._holding.discard(d.entry_id)
-            self._release(1)
+            if not d.settling:  # else its settle frees the slot, once sent
+                self._holding.pop(d.entry_id, None)
+                self._release(1)
 
     async def _run_one(self, d: _Delivery, job: Job, task: Task) -> None:
         timeout_s = job.timeout_s if job.timeout_s is not None else task.timeout_s
         if job.deadline is not None:
             left_s = job.deadline - time.time()
             timeout_s = left_s if timeout_s is None else min(timeout_s, left_s)
-        queued_s = max(0.0, time.time() - job.enqueued_at)
-        logger.info("%6.2fs → %s(id=%s) %d/%d", queued_s, job.task, job.id, job.attempt,
-                    job.max_attempts)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%6.2fs → %s(id=%s) %d/%d", max(0.0, time.time() - job.enqueued_at),
+                        job.task, job.id, job.attempt, job.max_attempts)
         loop = asyncio.get_running_loop()
         started = d.started = loop.time()
-        over = asyncio.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(d, over),
-                                        name=f"{self.name} hb {d.entry_id}")
-        self._bookkeeping.add(heartbeat)  # held until it ends, even if we are cancelled
-        heartbeat.add_done_callback(self._bookkeeping.discard)
-        scope = asyncio.timeout(timeout_s)
+        scope = None
         try:
-            try:
-                async with scope:
+            if timeout_s is None:
+                result = await task.fn(*job.args, **job.kwargs)
+            else:
+                async with (scope := asyncio.timeout(timeout_s)):
                     result = await task.fn(*job.args, **job.kwargs)
-            finally:
-                await self._end_heartbeat(heartbeat, over)
-        except TimeoutError as exc:
-            # Ours only when our scope expired: the task may raise TimeoutError itself.
-            why = f"timed out after {timeout_s:.3g} s" if scope.expired() else None
-            await self._retry_or_bury(d, job, task, exc, loop.time() - started, why)
         except asyncio.CancelledError:
             raise  # _run_entry hands it back
         except Exception as exc:
-            await self._retry_or_bury(d, job, task, exc, loop.time() - started)
-        else:
-            ran_s = loop.time() - started
-            try:
-                payload = to_json(result, f"the result of {job.task}")
-                if len(payload) > MAX_JOB_BYTES:
-                    raise InvalidJob(f"the result of {job.task} is {len(payload)} bytes, over "
-                                     f"the {MAX_JOB_BYTES} byte limit")
-            except InvalidJob as exc:  # retrying would return the same thing
-                await self._fail(d, job, exc, ran_s, f"its result cannot be stored: "
-                                 f"{exc.problem}", final=JobStatus.FAILED)
-                return
-            d.settling = True
-            self._counts["processed"] += 1
-            logger.info("%6.2fs ← %s(id=%s) ok", ran_s, job.task, job.id)
-            await self._bookkeep(self._settle(
-                d.entry_id, job.id, notify=True,
-                record={"status": JobStatus.DONE.value, "result": payload,
-                        "finished_at": repr(time.time())},
-            ))  # fmt: skip
+            # Ours only when our scope expired: the task may raise TimeoutError itself.
+            why = None
+            if isinstance(exc, TimeoutError) and scope is not None and scope.expired():
+                why = f"timed out after {timeout_s:.3g} s"
+            self._retry_or_bury(d, job, task, exc, loop.time() - started, why)
+            return
+        ran_s = loop.time() - started
+        try:
+            payload = b"null" if result is None else to_json(result, f"the result of {job.task}")
+            if len(payload) > MAX_JOB_BYTES:
+                raise InvalidJob(f"the result of {job.task} is {len(payload)} bytes, over "
+                                 f"the {MAX_JOB_BYTES} byte limit")
+        except InvalidJob as exc:  # retrying would return the same thing
+            self._fail(d, job, exc, ran_s, f"its result cannot be stored: {exc.problem}",
+                       final=JobStatus.FAILED)
+            return
+        self._counts["processed"] += 1
+        logger.info("%6.2fs ← %s(id=%s) ok", ran_s, job.task, job.id)
+        self._settle(d, job.id, b"done", payload)
 
-    async def _retry_or_bury(self, d: _Delivery, job: Job, task: Task, exc: Exception,
+    def _retry_or_bury(self, d: _Delivery, job: Job, task: Task, exc: Exception,
                              ran_s: float, why: str | None = None) -> None:
         if not task.retries(exc):
             reason = why or f"{type(exc).__name__} is not retried"
-            await self._fail(d, job, exc, ran_s, reason, final=JobStatus.FAILED)
+            self._fail(d, job, exc, ran_s, reason, final=JobStatus.FAILED)
             return
         if job.attempt >= job.max_attempts:
             reason = f"gave up after {job.attempt} attempt(s)" + (f", {why}" if why else "")
-            await self._fail(d, job, exc, ran_s, reason, final=JobStatus.DEAD)
+            self._fail(d, job, exc, ran_s, reason, final=JobStatus.DEAD)
             return
         delay_s = backoff_s(job.attempt, base_s=self.retry_base_s, max_s=self.retry_max_s,
                             jitter=self.retry_jitter)
         due = time.time() + delay_s
         if job.deadline is not None and due >= job.deadline:
             reason = "its deadline passes before the next attempt" + (f"; {why}" if why else "")
-            await self._fail(d, job, exc, ran_s, reason, final=JobStatus.DEAD)
+            self._fail(d, job, exc, ran_s, reason, final=JobStatus.DEAD)
             return
         following = job.next_attempt()
-        d.settling = True
         self._counts["retried"] += 1
         logger.info("%6.2fs ↻ %s(id=%s) retry %d/%d in %.2fs: %s", ran_s, job.task, job.id,
                     following.attempt, job.max_attempts, delay_s, why or type(exc).__name__)
-        await self._bookkeep(self._settle(
-            d.entry_id, job.id, ttl=False, action="zadd", target=self.keys.delayed,
-            score=due, payload=[following.encode()],
-            record={"status": JobStatus.RETRYING.value, "next_at": repr(due),
-                    **_error_fields(exc, why or "")},
-        ))  # fmt: skip
+        record = {"status": JobStatus.RETRYING.value, "next_at": repr(due),
+                  **_error_fields(exc, why or "")}
+        self._settle(d, job.id, "retry", *_counted(record),
+                     *_counted([repr(due), following.encode()]))
         self._nudge.set()  # the maintenance loop now sleeps until this retry is due
 
-    async def _fail(self, d: _Delivery, job: Job, exc: Exception, ran_s: float, reason: str,
+    def _fail(self, d: _Delivery, job: Job, exc: Exception, ran_s: float, reason: str,
                     *, final: JobStatus) -> None:
         """End the job failed (no dead letter) or dead (dead-lettered)."""
         if final is JobStatus.DEAD:
-            await self._bury(d, reason, error=exc, ran_s=ran_s)
+            self._bury(d, reason, error=exc, ran_s=ran_s)
             return
-        d.settling = True
         self._counts["failed"] += 1
         logger.info("%6.2fs ✗ %s(id=%s) failed: %s: %s", ran_s, job.task, job.id,
                     type(exc).__name__, reason)
-        await self._bookkeep(self._settle(
-            d.entry_id, job.id, notify=True,
-            record={"status": JobStatus.FAILED.value, "finished_at": repr(time.time()),
-                    **_error_fields(exc, reason)},
-        ))  # fmt: skip
+        record = {"status": JobStatus.FAILED.value, "finished_at": repr(time.time()),
+                  **_error_fields(exc, reason)}
+        self._settle(d, job.id, "end", *_counted(record), 0)
 
-    async def _bury(self, d: _Delivery, reason: str, *, error: Exception | None = None,
+    def _bury(self, d: _Delivery, reason: str, *, error: Exception | None = None,
                     ran_s: float = 0.0) -> None:
         """Ack the entry and add it to the dead-letter stream, with the reason, at once."""
-        d.settling = True
         self._counts["dead"] += 1
         job = d.job
         error_type = type(error).__name__ if error is not None else ""
@@ -236,126 +300,134 @@ class _Running:
             letter += [name if name == "job" else f"extra:{name}", value]
         if job is None:
             logger.warning("%6.2fs ✗ entry %s dead: %s", ran_s, d.entry_id, reason)
-            await self._bookkeep(self._settle(d.entry_id, action="xadd", target=self.keys.dead,
-                                              payload=letter))
+            self._settle(d, None, "bury", 0, *_counted(letter))
             return
         logger.info("%6.2fs ✗ %s(id=%s) dead: %s", ran_s, job.task, job.id, reason)
         record = {"status": JobStatus.DEAD.value, "finished_at": repr(time.time()),
                   "reason": reason}
         if error is not None:
             record |= _error_fields(error, reason)
-        await self._bookkeep(self._settle(d.entry_id, job.id, notify=True, action="xadd",
-                                          target=self.keys.dead, payload=letter, record=record))
+        self._settle(d, job.id, "end", *_counted(record), *_counted(letter))
 
-    async def _hand_back(self, d: _Delivery) -> None:
+    def _hand_back(self, d: _Delivery) -> None:
         assert d.job is not None
-        d.settling = True
         self._counts["handed_back"] += 1
         ran_s = 0.0 if d.started is None else asyncio.get_running_loop().time() - d.started
         logger.info("%6.2fs ⇠ %s(id=%s) handed back: worker stopping", ran_s, d.job.task,
                     d.job.id)
-        await self._settle(d.entry_id, d.job.id, ttl=False, action="xadd",
-                           target=self.keys.stream, payload=["job", d.raw],
-                           record={"status": JobStatus.QUEUED.value})
+        self._settle(d, d.job.id, "back", *_counted({"status": "queued"}),
+                     *_counted(["job", d.raw]))
 
-    async def _mark_running(self, job: Job) -> str | None:
-        """Record the attempt as running; the final status instead if the job ended already."""
-        try:
-            final = await self._start_script(
-                keys=[self.keys.job(job.id)],
-                args=[self.name, repr(time.time()), job.attempt, job.max_attempts, job.task,
-                      repr(job.enqueued_at)],
-            )  # fmt: skip
-        except _REDIS_DOWN as exc:  # only the record suffers: run it, settle later
-            logger.warning("job %s: could not record it running (%s)", job.id, exc)
-            return None
-        return None if final is None else _text(final)
+    # --- heartbeat --------------------------------------------------------------------
 
-    async def _heartbeat(self, d: _Delivery, over: asyncio.Event) -> None:
-        """Keep the entry's idle time low while the job runs, so it is not reclaimed.
+    async def _beat(self) -> None:
+        """Reset the idle time of every entry running here, in one call; report reclaims.
 
-        Ends when ``over`` is set, between beats: it is not cancelled mid-command.
-        (On Python 3.11 a cancel that lands as a fakeredis reply arrives can be lost
-        inside ``wait_for``; a heartbeat that missed its cancel would then beat on,
-        and the job awaiting it would never settle.)
+        The worker's heartbeat loop calls this every ``heartbeat_s``, so no other
+        worker takes a long job over. An entry found reclaimed by another worker
+        (this one looked dead: a long pause, a partition) is logged once: the job may
+        then run twice, and whichever settle comes second writes nothing.
         """
-        while True:
-            try:
-                async with asyncio.timeout(self.heartbeat_s):
-                    await over.wait()
-                return
-            except TimeoutError:
-                pass
-            try:
-                mine = await self._heartbeat_script(
-                    keys=[self.keys.stream], args=[self.keys.group, self.name, d.entry_id])
-            except Exception as exc:  # Redis away: the next beat may do
-                logger.debug("heartbeat of %s failed: %r", d.entry_id, exc)
-                continue
-            if not mine:
+        held = [d for d in self._holding.values() if not d.settling and not d.lost]
+        if not held:
+            return
+        try:
+            lost = await self._heartbeat_script(
+                keys=[self.keys.stream],
+                args=[self.keys.group, self.name, *(d.entry_id for d in held)])
+        except Exception as exc:  # Redis away: the next beat may do
+            logger.debug("worker %s: heartbeat of %d entries failed: %r", self.name, len(held),
+                         exc)
+            return
+        for entry_id in lost:
+            d = self._holding.get(_text(entry_id))
+            if d is not None and not d.settling and not d.lost:  # not settled meanwhile
+                d.lost = True
                 logger.warning("entry %s was reclaimed by another worker while running here: "
                                "the job may run twice", d.entry_id)
-                return
 
-    async def _end_heartbeat(self, heartbeat: asyncio.Task[None], over: asyncio.Event) -> None:
-        over.set()
-        # A beat in flight takes a round trip; one stuck on a dead connection is
-        # cancelled and left to end on its own (held, so it is not collected).
-        await asyncio.wait({heartbeat}, timeout=self.heartbeat_s)
-        if not heartbeat.done():
-            heartbeat.cancel()
+    # --- settling ---------------------------------------------------------------------
 
-    # --- bookkeeping ------------------------------------------------------------------
+    def _settle(self, d: _Delivery, job_id: str | None, kind: str | bytes, *args: Any) -> None:
+        """Settle a delivery: sent with the others of this turn, in one call; never raises.
 
-    async def _bookkeep(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run ``coro`` to its end even if we are cancelled meanwhile (stop() waits for it)."""
-        task = asyncio.create_task(coro)
-        self._bookkeeping.add(task)
-        task.add_done_callback(self._bookkeeping.discard)
-        return await asyncio.shield(task)
-
-    async def _settle(
-        self,
-        entry_id: str,
-        job_id: str | None = None,
-        *,
-        record: dict[str, Any] | None = None,
-        ttl: bool = True,
-        action: str = "ack",
-        target: str | None = None,
-        score: float = 0.0,
-        payload: list[Any] | tuple[Any, ...] = (),
-        notify: bool = False,
-    ) -> int | None:
-        """One run of the settle script, retried while Redis is away; never raises.
-
-        Returns what the script returned (1 settled, 0 settled already, 2 the job had
-        ended already), or None when it gave up (the entry stays pending: reclaimed).
+        ``kind`` and ``args`` as the SETTLE script reads them: ``"done", result``;
+        ``"ack"``; ``"end"``, ``"retry"``, ``"back"`` or ``"bury"`` with the record's
+        and the letter's arguments, each list preceded by its length. The delivery
+        keeps its slot until the settle is done (or given up: then the entry stays
+        pending, and is reclaimed). Nothing cancels it, once queued.
         """
-        pairs = [item for field in (record or {}).items() for item in field]
-        ttl_ms = max(1, round(self.result_ttl_s * 1000)) if ttl and job_id else 0
-        stream = self.keys.stream
-        keys = [stream, self.keys.job(job_id) if job_id else stream,
-                self.keys.done(job_id) if job_id else stream, target or stream]
-        args = [self.keys.group, entry_id, ttl_ms, action, repr(score), "1" if notify else "0",
-                len(pairs), *pairs, *payload]
+        d.settling = True
+        if job_id is None:
+            keys: list[Any] = [self.keys.stream, self.keys.stream]
+        else:
+            key = job_id.encode()
+            keys = [self._job_key + key, self._done_key + key]
+        self._settles.append((keys, [d.entry_id.encode(), kind, *args], d))
+        if len(self._settles) == 1:
+            self._send_settles()
+
+    def _send_settles(self) -> None:
+        """Send the settles gathered by the time its task starts, in one call."""
+        # The task's first step runs after the callbacks already scheduled: the other
+        # jobs that end in this turn of the event loop add theirs first.
+        task = asyncio.create_task(self._settle_batch(), name=f"{self.name} settle")
+        self._bookkeeping.add(task)  # held until it ends: stop() waits for it
+        task.add_done_callback(self._bookkeeping.discard)
+
+    async def _settle_batch(self) -> None:
+        batch, self._settles = self._settles, []
+        if not batch:
+            return
+        try:
+            await self._settle_many(batch)
+        finally:  # done, given up or cancelled: the slots are free again
+            for _, _, d in batch:
+                self._holding.pop(d.entry_id, None)
+            self._release(len(batch))
+
+    async def _settle_many(self, batch: list[_Settle]) -> list[int | None]:
+        """One run of the settle script for ``batch``, retried while Redis is away.
+
+        Sent again after an error, a batch settles nothing twice: each delivery is
+        gated by its XACK. An error that is not an outage (a key of the wrong type)
+        is retried one delivery at a time, so that one does not hold back the rest.
+        """
+        keys = [self.keys.stream, self.keys.delayed, self.keys.dead]
+        args = [self.keys.group, max(1, round(self.result_ttl_s * 1000)), repr(time.time())]
+        for k, a, _ in batch:
+            keys += k
+            args += a
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.visibility_timeout_s
         failures = 0
+        read = self._prefetch_count(len(batch))  # the first try may read new entries too
         while True:
             try:
-                return int(await self._settle_script(keys=keys, args=args))
+                if read:
+                    codes = await self._settle_and_read(keys, args, read)
+                else:
+                    codes = await self._settle_script(keys=keys, args=args)
+                return [int(code) for code in codes]
             except _REDIS_DOWN as exc:
+                read = 0
                 failures += 1
                 if loop.time() >= give_up_at:
-                    logger.error("entry %s: could not settle it for %s s (%r); it stays pending "
-                                 "and will be reclaimed", entry_id, self.visibility_timeout_s, exc)
-                    return None
+                    for _, a, _ in batch:
+                        logger.error("entry %s: could not settle it for %s s (%r); it stays "
+                                     "pending and will be reclaimed", _text(a[0]),
+                                     self.visibility_timeout_s, exc)
+                    return [None] * len(batch)
                 await asyncio.sleep(backoff_s(failures, base_s=self.reconnect_base_s,
                                               max_s=self.reconnect_max_s))
-            except Exception:
-                logger.exception("entry %s: settle failed; it stays pending", entry_id)
-                return None
+            except Exception as exc:
+                read = 0
+                if len(batch) > 1:
+                    logger.error("worker %s: settling %d entries failed (%r); settling them "
+                                 "one at a time", self.name, len(batch), exc)
+                    return [code for one in batch for code in await self._settle_many([one])]
+                logger.exception("entry %s: settle failed; it stays pending", _text(batch[0][1][0]))
+                return [None]
 
     async def _end_bookkeeping(self) -> None:
         """Wait ``cancel_timeout_s`` for settles still running, then cancel them.
@@ -387,6 +459,12 @@ async def _cancel_until_done(tasks: set[asyncio.Task[Any]], give_up_s: float
             task.cancel()
         _, tasks = await asyncio.wait(tasks, timeout=min(0.1, give_up_s))
     return tasks
+
+
+def _counted(items: dict[str, Any] | list[Any]) -> list[Any]:
+    """``items`` (a dict: as field/value pairs) preceded by their count, for SETTLE."""
+    flat = [x for pair in items.items() for x in pair] if isinstance(items, dict) else items
+    return [len(flat), *flat]
 
 
 def _field(fields: dict[Any, Any], name: str) -> Any:

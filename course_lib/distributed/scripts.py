@@ -11,7 +11,9 @@ Every key a script touches is passed in ``KEYS`` and shares the queue's hash
 tag (see ``keys``), so the scripts stay legal on Redis Cluster.
 
 Who runs which: ``Queue`` runs ENQUEUE, MOVE_DUE and REQUEUE_DEAD; ``Worker``
-runs START, HEARTBEAT and SETTLE.
+runs START, HEARTBEAT and SETTLE, each on a batch: one call marks all the
+jobs of a read running, beats all the entries it runs, or settles all the
+deliveries that ended together (each one still gated by its own XACK).
 """
 
 from __future__ import annotations
@@ -48,18 +50,30 @@ end
 return #due
 """
 
-# Atomic because the record must not change between reading its status and
-# marking it running: a duplicate entry of a job that has just ended would
-# otherwise turn its final status back into "running".
+# Atomic because a record must not change between reading its status and marking
+# it running: a duplicate entry of a job that has just ended would otherwise turn
+# its final status back into "running". One call marks every job of a read batch.
 START = """
--- KEYS[1] job record; ARGV: worker, started_at, attempt, max_attempts, task, enqueued_at
--- Returns the status when the job already ended (a duplicate entry), else marks it running.
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'done' or status == 'failed' or status == 'dead' then return status end
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
-           'attempt', ARGV[3], 'max_attempts', ARGV[4], 'task', ARGV[5], 'enqueued_at', ARGV[6])
-redis.call('HDEL', KEYS[1], 'next_at')
-return false
+-- KEYS: the job records of the jobs just read, one each
+-- ARGV[1] worker, ARGV[2] started_at, then one per job, in KEYS order:
+--   '<attempt> <max_attempts> <task> <enqueued_at>' (one argument: a quarter of the
+--   cost of four, to send and to receive; a task name holds no space)
+-- Returns one string per job: its status when it already ended (a duplicate entry:
+-- nothing written), else '' (marked running).
+local out = {}
+for i, key in ipairs(KEYS) do
+  local status = redis.call('HGET', key, 'status')
+  if status == 'done' or status == 'failed' or status == 'dead' then
+    out[i] = status
+  else
+    local attempt, most, task, at = string.match(ARGV[i + 2], '^(%S+) (%S+) (%S+) (%S+)$')
+    redis.call('HSET', key, 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
+               'attempt', attempt, 'max_attempts', most, 'task', task, 'enqueued_at', at)
+    if status == 'retrying' then redis.call('HDEL', key, 'next_at') end
+    out[i] = ''
+  end
+end
+return out
 """
 
 # Atomic because the dead letter must leave only as the job enters the stream: a
@@ -94,51 +108,100 @@ return {1, entry}
 """
 
 # Atomic because "is it still mine?" and "reset its idle time" must not be split:
-# a worker that reclaimed the entry in between would lose it back to us.
+# a worker that reclaimed the entry in between would lose it back to us. One call
+# beats every entry a worker runs.
 HEARTBEAT = """
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] entry id
--- Reset the entry's idle time, but only while it is still ours: a bare XCLAIM would
--- take it back from a worker that reclaimed it meanwhile.
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2]) == 0 then
-  return 0
+-- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
+-- Reset each entry's idle time, but only while it is still ours: a bare XCLAIM would
+-- take it back from a worker that reclaimed it meanwhile. Returns the ids not ours.
+local lost = {}
+for i = 3, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) == 0 then
+    lost[#lost + 1] = ARGV[i]
+  else
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  end
 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
-return 1
+return lost
 """
 
 # Atomic because the ack and what follows it (result, retry, dead letter, wake-up
 # token) must happen together or not at all: a crash between them would lose the
 # job (acked, nothing written) or run it twice (written, not acked). And the
-# writes depend on XACK's answer, which a MULTI could not express.
+# writes depend on XACK's answer, which a MULTI could not express. One call settles
+# every delivery that ended in the same turn of the worker's event loop; each one
+# is still gated by its own XACK, so a batch sent again (after a lost reply)
+# settles nothing twice.
 SETTLE = """
--- Settle one delivery in one atomic step: ack it and write what follows from it.
--- KEYS[1] stream, KEYS[2] job record, KEYS[3] done list, KEYS[4] the target:
---   delayed zset ('zadd': a retry), dead-letter stream or the stream itself ('xadd')
--- ARGV[1] group, ARGV[2] entry id, ARGV[3] ttl in ms for record and token (0: none),
--- ARGV[4] action 'ack' | 'zadd' | 'xadd', ARGV[5] zadd score, ARGV[6] '1': push the
--- done token, ARGV[7] n, then n record field/value arguments, then the zadd member
--- or the xadd field/value pairs.
--- Nothing happens unless XACK acks: the delivery was settled already (by us before a
--- lost reply, or by a worker that reclaimed it), and must not be settled twice.
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('XDEL', KEYS[1], ARGV[2])
-local n = tonumber(ARGV[7])
-if n > 0 then
-  local status = redis.call('HGET', KEYS[2], 'status')
-  -- A final record stays final: another delivery of this job id ended it first.
-  if status == 'done' or status == 'failed' or status == 'dead' then return 2 end
-  redis.call('HSET', KEYS[2], unpack(ARGV, 8, 7 + n))
-  if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+-- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] dead-letter stream, then two keys
+--   per delivery: its job record and done list (the stream twice when it has no job).
+-- ARGV[1] group, ARGV[2] ttl in ms of a final record and its token, ARGV[3] now
+--   (epoch s: finished_at of the jobs that returned), then per delivery: entry id,
+--   kind, and what that kind takes:
+--   'done' result                   the job returned (the common case, kept short)
+--   'ack'                           only ack it (a duplicate of an ended job)
+--   'end'  n, n record args, m, m dead-letter args (m may be 0): failed or dead
+--   'retry' n, n record args, 2, score, next attempt's envelope: into the delayed zset
+--   'back' n, n record args, 2, 'job', envelope: handed back, re-added to the stream
+--   'bury' 0, m, m dead-letter args: not a job at all, dead-lettered
+--   (record args are field/value pairs for the job's record.)
+-- Returns one code per delivery: 1 settled; 0 not, it was settled already (by us
+-- before a lost reply, or by a worker that reclaimed it): it must not be settled
+-- twice; 2 acked, but the job had ended already: nothing else written.
+local ttl = ARGV[2]
+
+local function ended(job)
+  local status = redis.call('HGET', job, 'status')
+  return status == 'done' or status == 'failed' or status == 'dead'
 end
-local rest = 8 + n
-if ARGV[4] == 'zadd' then
-  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[rest])
-elseif ARGV[4] == 'xadd' then
-  redis.call('XADD', KEYS[4], '*', unpack(ARGV, rest, #ARGV))
+
+local function notify(job, done)
+  redis.call('PEXPIRE', job, ttl)
+  redis.call('LPUSH', done, 'done')  -- wakes result(); expires with the record
+  redis.call('PEXPIRE', done, ttl)
 end
-if ARGV[6] == '1' then
-  redis.call('LPUSH', KEYS[3], 'done')
-  if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+
+-- Settle the delivery whose entry id is ARGV[a]; its code, and where the next begins.
+local function settle(job, done, a)
+  local kind = ARGV[a + 1]
+  local n, m, after = 0, 0, a + 2
+  if kind == 'done' then
+    after = a + 3
+  elseif kind ~= 'ack' then
+    n = tonumber(ARGV[a + 2])
+    m = tonumber(ARGV[a + 3 + n])
+    after = a + 4 + n + m
+  end
+  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[a]) == 0 then return 0, after end
+  redis.call('XDEL', KEYS[1], ARGV[a])
+  if kind == 'done' then
+    if ended(job) then return 2, after end
+    redis.call('HSET', job, 'status', 'done', 'result', ARGV[a + 2], 'finished_at', ARGV[3])
+    notify(job, done)
+    return 1, after
+  end
+  if n > 0 then
+    -- A final record stays final: another delivery of this job id ended it first.
+    if ended(job) then return 2, after end
+    redis.call('HSET', job, unpack(ARGV, a + 3, a + 2 + n))
+  end
+  local p = a + 4 + n  -- the first of the m arguments
+  if kind == 'retry' then
+    redis.call('ZADD', KEYS[2], ARGV[p], ARGV[p + 1])
+  elseif kind == 'back' then
+    redis.call('XADD', KEYS[1], '*', unpack(ARGV, p, p + m - 1))
+  elseif m > 0 then  -- 'end' of a dead job, 'bury'
+    redis.call('XADD', KEYS[3], '*', unpack(ARGV, p, p + m - 1))
+  end
+  if kind == 'end' then notify(job, done) end
+  return 1, after
 end
-return 1
+
+local out, a = {}, 4
+for i = 4, #KEYS, 2 do
+  local code
+  code, a = settle(KEYS[i], KEYS[i + 1], a)
+  out[#out + 1] = code
+end
+return out
 """

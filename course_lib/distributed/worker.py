@@ -13,14 +13,18 @@ How each job goes, and what makes it safe:
 - read: ``XREADGROUP ... COUNT <free slots> BLOCK <block_s>`` puts the entry in this
   worker's pending list (PEL) before anything runs. Never more than the free slots:
   what is read and not running sits in no local queue where a crash would lose it.
+- start: one Lua script marks the jobs of a read running (status, worker,
+  started_at), or finds a job ended already (a duplicate entry: acked, not run).
 - run: under ``asyncio.timeout`` (the job's ``timeout_s``, the task's, or what is left
-  before its deadline); a heartbeat resets the entry's idle time every
-  ``heartbeat_s``, so no other worker takes a long job over.
+  before its deadline); every ``heartbeat_s`` one heartbeat resets the idle time of
+  all the entries the worker runs, so no other worker takes a long job over, and
+  reports any that one did take.
 - settle: ONE Lua script acks the entry (XACK + XDEL) and writes what follows: the
   result and status, a retry in the delayed set, a dead letter, the token that wakes
-  ``result()``. The script does nothing when XACK acks nothing: a settle retried
+  ``result()``. Nothing happens for an entry XACK does not ack: a settle retried
   after a lost reply, or one racing a worker that reclaimed the entry, never writes
-  twice. (A MULTI could not make the writes depend on XACK's answer.)
+  twice. (A MULTI could not make the writes depend on XACK's answer.) Jobs that end
+  in the same turn of the event loop are settled by one call of the script.
 - retry: exponential backoff with full jitter (``timeouts.backoff_s``); the next
   attempt waits in a ZSET scored by its due time, and ``Queue.move_due`` (a Lua
   script) puts due ones back into the stream, atomically, whoever runs it.
@@ -68,7 +72,7 @@ from . import scripts
 from .job import TaskRegistry
 from .keys import DEFAULT_QUEUE
 from .queue import Queue, _text
-from .running import _REDIS_DOWN, _Delivery, _Running
+from .running import _REDIS_DOWN, _cancel_until_done, _Delivery, _Running, _Settle
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +157,7 @@ class Worker(_Running):
         self.registry = registry
         self.queue = Queue(redis, queue)
         self.keys = self.queue.keys
+        self._job_key, self._done_key = self.keys.job("").encode(), self.keys.done("").encode()
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.concurrency = concurrency
         self.batch_size = min(batch_size or concurrency, concurrency)
@@ -183,9 +188,17 @@ class Worker(_Running):
         self._free = concurrency
         self._jobs = BackgroundTasks(name=f"worker {self.name}", grace_s=grace_s,
                                      cancel_timeout_s=cancel_timeout_s)
-        self._bookkeeping: set[asyncio.Task[Any]] = set()
+        self._bookkeeping: set[asyncio.Task[Any]] = set()  # settles being sent
+        self._settles: list[_Settle] = []  # settles of this turn, not sent yet
         self._loops: list[asyncio.Task[None]] = []
-        self._holding: set[str] = set()  # entry ids running here
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._beating_over = asyncio.Event()
+        self._holding: dict[str, _Delivery] = {}  # entries running here, by id
+        self._prefetched: list[tuple[str, Any, None]] = []  # read by a settle, not started
+        self._prefetching = False  # a settle that reads too is in flight
+        self._prefetch_over = asyncio.Event()
+        self._parked = False  # the reader waits for a free slot
+        self._next_reclaim = 0.0  # loop time
         self._claim_cursor = "0-0"
         self._down_since: float | None = None
         self._counts = dict.fromkeys(
@@ -207,6 +220,9 @@ class Worker(_Running):
             asyncio.create_task(self._read_loop(), name=f"{self.name} read"),
             asyncio.create_task(self._maintain_loop(), name=f"{self.name} maintain"),
         ]
+        # Apart from the loops above: it beats on while stop() lets running jobs finish.
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(),
+                                              name=f"{self.name} heartbeat")
         logger.info("worker %s on %s, queue %r: tasks %s, concurrency %d", self.name,
                     _describe(self.redis), self.queue.name, sorted(self.registry),
                     self.concurrency)
@@ -235,8 +251,10 @@ class Worker(_Running):
             self.report = await self._jobs.close(grace_s,
                                                  cancel_timeout_s=self.cancel_timeout_s)
             await self._end_bookkeeping()
+            await self._end_heartbeat()
             await self._leave_group()
         finally:
+            self._beating_over.set()  # if we got here early: the heartbeat ends too
             self.report = self.report or ShutdownReport()
             self._state = _State.STOPPED
             self._stopped.set()
@@ -259,11 +277,14 @@ class Worker(_Running):
             for task in list(self._bookkeeping):
                 task.cancel()
             self.report = await self._jobs.close(0, cancel_timeout_s=self.cancel_timeout_s)
+            self._settles.clear()  # a crash settles nothing more
             await self._end_bookkeeping()
+            await self._end_heartbeat()
             # The read in flight is left to return (within block_s) rather than cancelled:
             # what it brings is dropped unrun, in this consumer's PEL, as after a crash.
             await self._wait_loops()
         finally:
+            self._beating_over.set()
             self._state = _State.STOPPED
             self._stopped.set()
         logger.warning("worker %s aborted: what it held waits for reclaim", self.name)
@@ -296,25 +317,29 @@ class Worker(_Running):
         """
         loop = asyncio.get_running_loop()
         failures = 0
-        next_reclaim = loop.time()
+        self._next_reclaim = loop.time()
         while not self._stop_requested.is_set():
             taken = await self._take_slots(self.batch_size)
             if not taken:
                 break
             used = 0
             try:
-                if loop.time() >= next_reclaim:
-                    next_reclaim = loop.time() + self.maintenance_s
-                    used += await self._reclaim(taken)
+                if self._prefetched:  # read by a settle, for the slots it freed
+                    batch = self._prefetched[:taken]
+                    del self._prefetched[:taken]
+                    used += await self._start(batch)
+                if used < taken and loop.time() >= self._next_reclaim:
+                    self._next_reclaim = loop.time() + self.maintenance_s
+                    used += await self._reclaim(taken - used)
                 if used < taken:
                     reply = await self.redis.xreadgroup(
                         self.keys.group, self.name, {self.keys.stream: ">"},
                         count=taken - used, block=max(1, round(self.block_s * 1000)),
                     )  # fmt: skip
                     if not self._aborting:  # else a "crash": they stay in our PEL, unrun
-                        for entry_id, fields in _entries(reply):
-                            self._spawn(_text(entry_id), fields)
-                            used += 1
+                        used += await self._start(
+                            [(_text(entry_id), fields, None) for entry_id, fields in
+                             _entries(reply)])
                 self._redis_up()
                 failures = 0
             except Exception as exc:
@@ -322,6 +347,7 @@ class Worker(_Running):
                 await self._after_error(exc, failures, "reading")
             finally:
                 self._release(taken - used)
+        await self._start_prefetched()
 
     async def _maintain_loop(self) -> None:
         """Move due retries back to the stream, in time for each."""
@@ -363,18 +389,80 @@ class Worker(_Running):
             pending = await pipe.execute()
         if self._aborting:
             return 0  # a "crash": they stay in our PEL, unrun
+        batch: list[tuple[str, dict[Any, Any], str | None]] = []
         for (entry_id, fields), info in zip(claimed, pending, strict=True):
             deliveries = int(info[0]["times_delivered"]) if info else 0
             self._counts["reclaimed"] += 1
             logger.warning("reclaimed entry %s, idle over %s s (delivery %d)", entry_id,
                            self.visibility_timeout_s, deliveries)
+            poison = None
             if deliveries > self.max_deliveries:
-                reason = (f"delivered {deliveries} times, never settled: it may crash or "
+                poison = (f"delivered {deliveries} times, never settled: it may crash or "
                           "hang the workers that take it")
-                self._spawn(entry_id, fields, poison=reason)
-            else:
-                self._spawn(entry_id, fields)
-        return len(claimed)
+            batch.append((entry_id, fields, poison))
+        return await self._start(batch)
+
+    # --- reading with a settle ---------------------------------------------------------
+
+    def _prefetch_count(self, settling: int) -> int:
+        """How many new entries a settle of ``settling`` deliveries reads too (0: none).
+
+        When every slot is taken and the reader waits for some, a settle frees
+        ``settling`` slots: the same round trip can refill them, the read running
+        just after the settle script, so the pending list never holds more than
+        ``concurrency`` entries. Not when stopping, nor when a reclaim is due.
+        """
+        if (not self._parked or self._prefetched or self._prefetching
+                or self._stop_requested.is_set()
+                or asyncio.get_running_loop().time() >= self._next_reclaim):
+            return 0
+        return min(settling, self.batch_size)
+
+    async def _settle_and_read(self, keys: list[Any], args: list[Any], count: int) -> Any:
+        """The settle script's reply; and up to ``count`` new entries, read in one round trip.
+
+        The entries wait in ``_prefetched`` for the reader, which starts them in the
+        slots this settle frees.
+        """
+        self._prefetching = True
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._settle_script.sha, len(keys), *keys, *args)
+                pipe.xreadgroup(self.keys.group, self.name, {self.keys.stream: ">"},
+                                count=count)
+                codes, reply = await pipe.execute(raise_on_error=False)
+        finally:
+            self._prefetching = False
+            self._prefetch_over.set()
+        if isinstance(reply, Exception):  # NOGROUP...: the reader will meet it again
+            logger.debug("worker %s: read with a settle failed: %r", self.name, reply)
+        elif not self._aborting:  # else a "crash": they stay in our PEL, unrun
+            self._prefetched += [(_text(i), fields, None) for i, fields in _entries(reply)]
+        if isinstance(codes, redis.exceptions.NoScriptError):  # a restart, SCRIPT FLUSH
+            return await self._settle_script(keys=keys, args=args)  # loads it, runs it
+        if isinstance(codes, Exception):
+            raise codes
+        return codes
+
+    async def _start_prefetched(self) -> None:
+        """At stop: start what a last settle read (run in the grace period, or handed back).
+
+        What arrives later, or when Redis is away, stays pending: reclaimed later.
+        """
+        if self._prefetching:
+            self._prefetch_over.clear()
+            await self._sleep(self.cancel_timeout_s, self._prefetch_over)
+        batch, self._prefetched = self._prefetched, []
+        if batch and not self._aborting:
+            self._free -= len(batch)  # the slots their settle freed
+            used = 0
+            try:
+                used = await self._start(batch)
+            except Exception as exc:
+                logger.warning("worker %s: %d entries read at stop stay pending (%r)",
+                               self.name, len(batch), exc)
+            finally:
+                self._release(len(batch) - used)
 
     # --- slots ----------------------------------------------------------------------
 
@@ -382,7 +470,11 @@ class Worker(_Running):
         """Up to ``want`` free slots, waiting for one; 0 once a stop is requested."""
         while not self._free and not self._stop_requested.is_set():
             self._wake.clear()
-            await self._wake.wait()
+            self._parked = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._parked = False
         return 0 if self._stop_requested.is_set() else self._try_take_slots(want)
 
     def _try_take_slots(self, want: int) -> int:
@@ -395,12 +487,6 @@ class Worker(_Running):
             self._free += slots
             self._wake.set()
 
-    def _spawn(self, entry_id: str, fields: dict[Any, Any], *, poison: str | None = None) -> None:
-        """Run one entry as a task; it owns one slot, already taken."""
-        delivery = _Delivery(entry_id, fields)
-        self._holding.add(entry_id)
-        self._jobs.spawn(self._run_entry(delivery, poison), name=f"{self.name} {entry_id}")
-
     async def _wait_loops(self) -> None:
         if self._loops:
             await asyncio.wait(self._loops)
@@ -408,6 +494,32 @@ class Worker(_Running):
                 if not task.cancelled() and task.exception() is not None:
                     logger.error("worker %s: %s failed", self.name, task.get_name(),
                                  exc_info=task.exception())
+
+    # --- heartbeat ----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        """Every ``heartbeat_s``, beat all the entries running here (``_beat``), at once.
+
+        Ends when ``_beating_over`` is set, between beats: it is not cancelled
+        mid-command. (On Python 3.11 a cancel that lands as a fakeredis reply arrives
+        can be lost inside ``wait_for``; a loop that missed its cancel would beat on.)
+        """
+        while True:
+            await self._sleep(self.heartbeat_s, self._beating_over)
+            if self._beating_over.is_set():
+                return
+            await self._beat()
+
+    async def _end_heartbeat(self) -> None:
+        """End the heartbeat loop, once nothing runs any more."""
+        self._beating_over.set()
+        if self._heartbeat is None:
+            return
+        # A beat in flight takes a round trip; one stuck on a dead connection is
+        # cancelled after heartbeat_s, again until it ends.
+        await asyncio.wait({self._heartbeat}, timeout=self.heartbeat_s)
+        if await _cancel_until_done({self._heartbeat}, self.cancel_timeout_s):
+            logger.error("worker %s: its heartbeat ignores cancellation", self.name)
 
     # --- Redis housekeeping -----------------------------------------------------------
 
