@@ -101,3 +101,14 @@ class _Cleanup:
         for future in self._futures:
             if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
                 future.exception()
+
+
+# Sync tests carry no asyncio mark: pytest-asyncio warns about those.
+_virtual_time = [pytest.mark.asyncio, pytest.mark.looptime]
+
+
+def _async(test):
+    """Mark an async test: pytest-asyncio's loop, looptime's virtual clock."""
+    for mark in _virtual_time:
+        test = mark(test)
+    return test

@@ -22,21 +22,13 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from _support import _Cleanup, _outcome, _raise_if_failed, _said, _within
+from _support import _async, _Cleanup, _outcome, _raise_if_failed, _said, _within
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 MODULE = "ch03_scheduling"
 
-# Sync tests (3.1, 3.2) carry no asyncio mark: pytest-asyncio warns about those.
-_virtual_time = [pytest.mark.asyncio, pytest.mark.looptime]
-
-
-def _async(test):
-    """Mark an async test: pytest-asyncio's loop, looptime's virtual clock."""
-    for mark in _virtual_time:
-        test = mark(test)
-    return test
+# Sync tests (3.1, 3.2) carry no asyncio mark (_async): pytest-asyncio warns about those.
 
 
 # --- 3.1 and 3.2: the round robins ---------------------------------------------------------

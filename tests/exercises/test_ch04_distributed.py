@@ -30,21 +30,13 @@ from typing import Any
 
 import fakeredis
 import pytest
-from _support import _outcome, _said, _within
+from _support import _async, _outcome, _said, _within
 
 from course_lib.redis import PROTOCOL
 
 MODULE = "ch04_distributed"
 
-# Sync tests (4.2) carry no asyncio mark: pytest-asyncio warns about those.
-_virtual_time = [pytest.mark.asyncio, pytest.mark.looptime]
-
-
-def _async(test):
-    """Mark an async test: pytest-asyncio's loop, looptime's virtual clock."""
-    for mark in _virtual_time:
-        test = mark(test)
-    return test
+# Sync tests (4.2) carry no asyncio mark (_async): pytest-asyncio warns about those.
 
 
 # --- the lab: a server of the test's own, workers, their wires ---------------------------

@@ -11,6 +11,7 @@ import json
 import time
 
 import pytest
+from _worker_support import FAST
 
 from course_lib.distributed import (
     Job,
@@ -21,9 +22,6 @@ from course_lib.distributed import (
     TaskRegistry,
     Worker,
 )
-
-FAST = dict(visibility_timeout_s=1.0, block_s=0.05, maintenance_s=0.05, retry_base_s=0.01,
-            retry_max_s=0.02, grace_s=1.0, reconnect_base_s=0.01, reconnect_max_s=0.1)
 
 
 def _text(value) -> str:

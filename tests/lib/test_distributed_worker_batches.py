@@ -14,23 +14,10 @@ import logging
 from collections import Counter
 
 import pytest
+from _worker_support import LOG, eventually, fast_worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from course_lib.distributed import Job, JobStatus, Queue, TaskRegistry, Worker
-
-LOG = "course_lib.distributed.worker"
-FAST = dict(visibility_timeout_s=1.0, block_s=0.05, maintenance_s=0.05, retry_base_s=0.01,
-            retry_max_s=0.02, grace_s=1.0, reconnect_base_s=0.01, reconnect_max_s=0.1)
-
-
-def fast_worker(redis, registry, **kw) -> Worker:
-    return Worker(redis, registry, **(FAST | kw))
-
-
-async def eventually(predicate, timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while not await predicate():  # noqa: ASYNC110 (state in Redis: no Event to wait on)
-            await asyncio.sleep(0.01)
+from course_lib.distributed import Job, JobStatus, Queue, TaskRegistry
 
 
 async def _settled(redis, queue: Queue) -> bool:
