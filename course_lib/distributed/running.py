@@ -20,6 +20,7 @@ __all__: list[str] = []  # internal: Worker is the public face
 
 import asyncio
 import dataclasses
+import json
 import logging
 import time
 import traceback
@@ -41,6 +42,7 @@ logger = logging.getLogger("course_lib.distributed.worker")
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _MAX_ERROR_CHARS = 2000
 _MAX_TRACEBACK_CHARS = 8000
+_MAX_ENTRY_FIELDS = 64  # other fields of an entry copied one by one (see _entry_fields)
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -192,7 +194,9 @@ class _Running:
                 assert d.job is not None and d.task is not None
                 await self._run_one(d, d.job, d.task)
         except asyncio.CancelledError:
-            if d.job is not None and not d.settling and not self._aborting:
+            # Not a lost one (a heartbeat found another worker running it): acking
+            # that entry would settle the other worker's delivery and run it again.
+            if d.job is not None and not d.settling and not self._aborting and not d.lost:
                 self._hand_back(d)  # hand it back, then go on cancelling
             raise
         except Exception:
@@ -221,8 +225,17 @@ class _Running:
             else:
                 async with (scope := asyncio.timeout(timeout_s)):
                     result = await task.fn(*job.args, **job.kwargs)
-        except asyncio.CancelledError:
-            raise  # _run_entry hands it back
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if current is None or current.cancelling():
+                raise  # we are being cancelled (a stop): _run_entry hands it back
+            # The task raised CancelledError with no one cancelling it (it awaited a
+            # future someone else cancelled). Handing it back would run it again, at
+            # the same attempt, for ever: it is the job's failure, retried and counted.
+            error = RuntimeError(f"{job.task} raised CancelledError without being cancelled")
+            error.__cause__ = exc
+            self._retry_or_bury(d, job, task, error, loop.time() - started)
+            return
         except Exception as exc:
             # Ours only when our scope expired: the task may raise TimeoutError itself.
             why = None
@@ -295,9 +308,7 @@ class _Running:
             "reason", reason, "error_type", error_type, "error", message,
             "origin_id", d.entry_id, "worker", self.name, "dead_at", repr(time.time()),
         ]  # fmt: skip
-        for key, value in d.fields.items():  # the entry as it was: never lost
-            name = _text(key)
-            letter += [name if name == "job" else f"extra:{name}", value]
+        letter += _entry_fields(d.fields, prefix="extra:")  # the entry as it was: never lost
         if job is None:
             logger.warning("%6.2fs ✗ entry %s dead: %s", ran_s, d.entry_id, reason)
             self._settle(d, None, "bury", 0, *_counted(letter))
@@ -316,7 +327,7 @@ class _Running:
         logger.info("%6.2fs ⇠ %s(id=%s) handed back: worker stopping", ran_s, d.job.task,
                     d.job.id)
         self._settle(d, d.job.id, "back", *_counted({"status": "queued"}),
-                     *_counted(["job", d.raw]))
+                     *_counted(_entry_fields(d.fields)))  # the entry as it was
 
     # --- heartbeat --------------------------------------------------------------------
 
@@ -470,6 +481,30 @@ def _counted(items: dict[str, Any] | list[Any]) -> list[Any]:
 def _field(fields: dict[Any, Any], name: str) -> Any:
     value = fields.get(name.encode())
     return fields.get(name) if value is None else value
+
+
+def _entry_fields(fields: dict[Any, Any], *, prefix: str = "") -> list[Any]:
+    """An entry's fields as field/value pairs, ``job`` as it is, the others ``prefix``-ed.
+
+    Beyond ``_MAX_ENTRY_FIELDS`` the others go into ONE field, ``{prefix}_fields_json``
+    (a JSON object; bytes as latin-1 text, so nothing is lost): a Lua script cannot
+    ``unpack`` thousands of arguments, and a settle that fails is retried for ever.
+    """
+    pairs: list[Any] = []
+    others: list[tuple[str, Any]] = []
+    for key, value in fields.items():
+        name = _text(key)
+        if name == "job":
+            pairs += ["job", value]
+        else:
+            others.append((name, value))
+    if len(others) <= _MAX_ENTRY_FIELDS:
+        for name, value in others:
+            pairs += [f"{prefix}{name}", value]
+        return pairs
+    packed = {name: value.decode("latin-1") if isinstance(value, bytes) else str(value)
+              for name, value in others}
+    return [*pairs, f"{prefix}_fields_json", json.dumps(packed)]
 
 
 def _error_fields(exc: BaseException, reason: str) -> dict[str, str]:

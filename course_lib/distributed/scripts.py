@@ -13,7 +13,7 @@ tag (see ``keys``), so the scripts stay legal on Redis Cluster.
 Who runs which: ``Queue`` runs ENQUEUE, MOVE_DUE and REQUEUE_DEAD; ``Worker``
 runs START, HEARTBEAT and SETTLE, each on a batch: one call marks all the
 jobs of a read running, beats all the entries it runs, or settles all the
-deliveries that ended together (each one still gated by its own XACK).
+deliveries that ended together (each one still gated by its own pending check).
 """
 
 from __future__ import annotations
@@ -128,9 +128,11 @@ return lost
 # Atomic because the ack and what follows it (result, retry, dead letter, wake-up
 # token) must happen together or not at all: a crash between them would lose the
 # job (acked, nothing written) or run it twice (written, not acked). And the
-# writes depend on XACK's answer, which a MULTI could not express. One call settles
+# writes depend on whether the entry is still pending, which a MULTI could not
+# express. The ack comes last, so a command that fails half-way (Redis does not
+# roll a script back) leaves the entry pending rather than acked. One call settles
 # every delivery that ended in the same turn of the worker's event loop; each one
-# is still gated by its own XACK, so a batch sent again (after a lost reply)
+# is still gated by its own pending check, so a batch sent again (after a lost reply)
 # settles nothing twice.
 SETTLE = """
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] dead-letter stream, then two keys
@@ -172,17 +174,27 @@ local function settle(job, done, a)
     m = tonumber(ARGV[a + 3 + n])
     after = a + 4 + n + m
   end
-  if redis.call('XACK', KEYS[1], ARGV[1], ARGV[a]) == 0 then return 0, after end
-  redis.call('XDEL', KEYS[1], ARGV[a])
+  -- Still pending (in anyone's PEL)? Else it was settled already. The ack comes
+  -- LAST: Redis does not undo a script's writes when a later command fails, so a
+  -- failure half-way leaves the entry pending (reclaimed later), never acked
+  -- without its outcome.
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[a], ARGV[a], 1) == 0 then
+    return 0, after
+  end
+  local function ack(code)
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[a])
+    redis.call('XDEL', KEYS[1], ARGV[a])
+    return code, after
+  end
   if kind == 'done' then
-    if ended(job) then return 2, after end
+    if ended(job) then return ack(2) end
     redis.call('HSET', job, 'status', 'done', 'result', ARGV[a + 2], 'finished_at', ARGV[3])
     notify(job, done)
-    return 1, after
+    return ack(1)
   end
   if n > 0 then
     -- A final record stays final: another delivery of this job id ended it first.
-    if ended(job) then return 2, after end
+    if ended(job) then return ack(2) end
     redis.call('HSET', job, unpack(ARGV, a + 3, a + 2 + n))
   end
   local p = a + 4 + n  -- the first of the m arguments
@@ -194,7 +206,7 @@ local function settle(job, done, a)
     redis.call('XADD', KEYS[3], '*', unpack(ARGV, p, p + m - 1))
   end
   if kind == 'end' then notify(job, done) end
-  return 1, after
+  return ack(1)
 end
 
 local out, a = {}, 4
