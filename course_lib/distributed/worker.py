@@ -19,12 +19,13 @@ How each job goes, and what makes it safe:
   before its deadline); every ``heartbeat_s`` one heartbeat resets the idle time of
   all the entries the worker runs, so no other worker takes a long job over, and
   reports any that one did take.
-- settle: ONE Lua script acks the entry (XACK + XDEL) and writes what follows: the
-  result and status, a retry in the delayed set, a dead letter, the token that wakes
-  ``result()``. Nothing happens for an entry XACK does not ack: a settle retried
-  after a lost reply, or one racing a worker that reclaimed the entry, never writes
-  twice. (A MULTI could not make the writes depend on XACK's answer.) Jobs that end
-  in the same turn of the event loop are settled by one call of the script.
+- settle: ONE Lua script writes what follows from the attempt (the result and
+  status, a retry in the delayed set, a dead letter, the token that wakes
+  ``result()``) and acks the entry (XACK + XDEL), last, so a write that fails leaves
+  it pending. Nothing happens for an entry that is no longer pending: a settle
+  retried after a lost reply, or one racing a worker that reclaimed the entry, never
+  writes twice. (A MULTI could not make the writes depend on that check.) Jobs that
+  end in the same turn of the event loop are settled by one call of the script.
 - retry: exponential backoff with full jitter (``timeouts.backoff_s``); the next
   attempt waits in a ZSET scored by its due time, and ``Queue.move_due`` (a Lua
   script) puts due ones back into the stream, atomically, whoever runs it.
@@ -37,7 +38,11 @@ How each job goes, and what makes it safe:
   *hand back* each one: re-added to the stream and acked in one step, so another
   worker can start it at once (rather than after a visibility timeout). The attempt
   count is unchanged. If Redis is unreachable then, the entry stays pending and is
-  reclaimed later. ``abort()`` stops like a crash (nothing handed back), for tests.
+  reclaimed later. A read that has not returned ``block_s + cancel_timeout_s`` after
+  the stop request (a connection gone silent) is cancelled. The stop runs in a task
+  of its own: a caller that gives up on ``stop()`` (cancelled, timed out) leaves it
+  going, heartbeat included, and a second ``stop()`` waits for it. ``abort()`` stops
+  like a crash (nothing handed back), for tests.
 - Redis gone: every loop backs off (``reconnect_base_s`` .. ``reconnect_max_s``) and
   carries on; settles are retried for up to ``visibility_timeout_s``, after which the
   entry is left to be reclaimed (the job may then run twice: at-least-once).
@@ -60,6 +65,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio
@@ -182,7 +188,7 @@ class Worker(_Running):
         self._state = _State.NEW
         self._aborting = False
         self._stop_requested = asyncio.Event()
-        self._stopped = asyncio.Event()
+        self._stopping: asyncio.Task[ShutdownReport] | None = None  # the stop (or abort)
         self._wake = asyncio.Event()  # a slot was freed, or a stop requested
         self._nudge = asyncio.Event()  # a retry was scheduled, or a stop requested
         self._free = concurrency
@@ -232,22 +238,52 @@ class Worker(_Running):
 
         Returns the report of the jobs that were running (finished; cancelled, i.e.
         handed back; stuck...). A second call waits for the first and returns its report.
+        The stop runs in a task of its own: if the caller is cancelled meanwhile (a
+        timeout around the shutdown, a second Ctrl-C), it goes on all the same, so no
+        job is left running without a heartbeat; call ``stop()`` again to wait for it.
         """
-        if self._state is _State.NEW:
-            self._state = _State.STOPPED
-            self.report = ShutdownReport()
-            self._stopped.set()
-        if self._state is not _State.RUNNING:
-            await self._stopped.wait()
-            assert self.report is not None
-            return self.report
+        if self._stopping is None:
+            if self._state is not _State.RUNNING:  # never started: nothing to stop
+                self._state = _State.STOPPED
+                self.report = self.report or ShutdownReport()
+                return self.report
+            grace_s = self.grace_s if grace_s is None else grace_s
+            if grace_s < 0:
+                raise ValueError(f"grace_s must be >= 0, not {grace_s!r}")
+            self._begin_stopping(self._shut_down(grace_s))
+        assert self._stopping is not None
+        # shield: a cancel aimed at this caller does not reach the stop itself.
+        return await asyncio.shield(self._stopping)
+
+    async def abort(self) -> None:
+        """Stop as a crash would: cancel everything, hand nothing back, ack nothing.
+
+        What it held stays pending in its PEL until another worker reclaims it after
+        ``visibility_timeout_s``. For tests and the failure lab of chapter 4. When a
+        stop is under way already, it waits for that one.
+        """
+        if self._stopping is None and self._state is _State.RUNNING:
+            self._aborting = True
+            self._begin_stopping(self._crash())
+        await self.stop()  # not started: nothing to abort; stopping: wait for it
+
+    def _begin_stopping(self, shutdown: Coroutine[Any, Any, ShutdownReport]) -> None:
         self._state = _State.STOPPING
-        grace_s = self.grace_s if grace_s is None else grace_s
+        self._stopping = asyncio.create_task(shutdown, name=f"{self.name} stop")
+        self._stopping.add_done_callback(self._log_if_stop_failed)
+
+    def _log_if_stop_failed(self, task: asyncio.Task[ShutdownReport]) -> None:
+        # Retrieved here too: a caller cancelled meanwhile will never see it.
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("worker %s: stopping failed", self.name, exc_info=task.exception())
+
+    async def _shut_down(self, grace_s: float) -> ShutdownReport:
+        """The graceful stop, in the task ``stop()`` starts and every later call awaits."""
         logger.info("worker %s stopping: %d running, grace %s s", self.name, len(self._jobs),
                     grace_s)
         try:
             self._request_stop()
-            await self._wait_loops()  # the read in flight returns within block_s
+            await self._wait_loops()
             self.report = await self._jobs.close(grace_s,
                                                  cancel_timeout_s=self.cancel_timeout_s)
             await self._end_bookkeeping()
@@ -257,21 +293,11 @@ class Worker(_Running):
             self._beating_over.set()  # if we got here early: the heartbeat ends too
             self.report = self.report or ShutdownReport()
             self._state = _State.STOPPED
-            self._stopped.set()
         logger.info("worker %s stopped: %s", self.name, self.report)
         return self.report
 
-    async def abort(self) -> None:
-        """Stop as a crash would: cancel everything, hand nothing back, ack nothing.
-
-        What it held stays pending in its PEL until another worker reclaims it after
-        ``visibility_timeout_s``. For tests and the failure lab of chapter 4.
-        """
-        if self._state is not _State.RUNNING:
-            await self.stop()  # not started: nothing to abort; stopping: wait for it
-            return
-        self._aborting = True
-        self._state = _State.STOPPING
+    async def _crash(self) -> ShutdownReport:
+        """What ``abort()`` runs, in the task ``stop()`` would."""
         try:
             self._request_stop()
             for task in list(self._bookkeeping):
@@ -280,14 +306,16 @@ class Worker(_Running):
             self._settles.clear()  # a crash settles nothing more
             await self._end_bookkeeping()
             await self._end_heartbeat()
-            # The read in flight is left to return (within block_s) rather than cancelled:
-            # what it brings is dropped unrun, in this consumer's PEL, as after a crash.
+            # The read in flight is left to return (within block_s; cancelled if Redis does
+            # not answer): what it brings is dropped unrun, in this consumer's PEL, as
+            # after a crash.
             await self._wait_loops()
         finally:
             self._beating_over.set()
+            self.report = self.report or ShutdownReport()
             self._state = _State.STOPPED
-            self._stopped.set()
         logger.warning("worker %s aborted: what it held waits for reclaim", self.name)
+        return self.report
 
     def _request_stop(self) -> None:
         self._stop_requested.set()
@@ -488,10 +516,24 @@ class Worker(_Running):
             self._wake.set()
 
     async def _wait_loops(self) -> None:
+        """Wait for the loops to end, once a stop is requested; cancel those that don't.
+
+        The read in flight returns within ``block_s``, a settle's read within
+        ``cancel_timeout_s``. A loop still running after both waits on a connection
+        gone silent (no ``socket_timeout``: its command never returns): it is
+        cancelled, and what it was reading stays pending, reclaimed later.
+        """
         if self._loops:
-            await asyncio.wait(self._loops)
+            _, late = await asyncio.wait(self._loops, timeout=self.block_s + self.cancel_timeout_s)
+            if late:
+                logger.warning("worker %s: %s still running %s s after the stop request "
+                               "(Redis not answering?); cancelling", self.name,
+                               sorted(t.get_name() for t in late),
+                               self.block_s + self.cancel_timeout_s)
+                if await _cancel_until_done(late, self.cancel_timeout_s):
+                    logger.error("worker %s: its loops ignore cancellation", self.name)
             for task in self._loops:
-                if not task.cancelled() and task.exception() is not None:
+                if task.done() and not task.cancelled() and task.exception() is not None:
                     logger.error("worker %s: %s failed", self.name, task.get_name(),
                                  exc_info=task.exception())
 
@@ -535,10 +577,12 @@ class Worker(_Running):
     async def _leave_group(self) -> None:
         """Delete this consumer from the group when it holds nothing (tidy XINFO output)."""
         try:
-            mine = await self.redis.xpending_range(self.keys.stream, self.keys.group, "-", "+",
-                                                   1, consumername=self.name)
-            if not mine:
-                await self.redis.xgroup_delconsumer(self.keys.stream, self.keys.group, self.name)
+            async with asyncio.timeout(self.cancel_timeout_s):  # Redis may not answer
+                mine = await self.redis.xpending_range(self.keys.stream, self.keys.group, "-",
+                                                       "+", 1, consumername=self.name)
+                if not mine:
+                    await self.redis.xgroup_delconsumer(self.keys.stream, self.keys.group,
+                                                        self.name)
         except Exception as exc:
             logger.debug("worker %s: could not leave the group: %r", self.name, exc)
 
