@@ -76,3 +76,16 @@ def save(name: str, payload: dict) -> Path:
                "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+async def unlink_matching(redis, *patterns: str, batch: int = 1000) -> None:
+    """UNLINK every key matching ``patterns`` (SCAN globs), ``batch`` keys per call."""
+    for pattern in patterns:
+        keys = []
+        async for key in redis.scan_iter(match=pattern, count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                await redis.unlink(*keys)
+                keys = []
+        if keys:
+            await redis.unlink(*keys)

@@ -59,7 +59,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, machine, save
+from _common import RESULTS, machine, save, unlink_matching
 
 import course_lib
 from course_lib.distributed import NaiveListWorker, Queue, TaskRegistry, Worker
@@ -287,15 +287,7 @@ def _recv(conn: Any) -> Any:
 
 
 async def _cleanup(r: Any) -> None:
-    for pattern in SCAN_PATTERNS:
-        batch = []
-        async for key in r.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                await r.unlink(*batch)
-                batch = []
-        if batch:
-            await r.unlink(*batch)
+    await unlink_matching(r, *SCAN_PATTERNS)
 
 
 async def _enqueue(r: Any, kind: str, jobs: int) -> tuple[float, list[str]]:

@@ -53,6 +53,7 @@ import time
 import redis
 import redis.asyncio
 import redis.utils
+from _common import unlink_matching
 
 STREAM = "probe:jobs"
 GROUP = "probe-workers"
@@ -134,14 +135,7 @@ def _entries(response) -> list:
 
 async def _cleanup(r: redis.asyncio.Redis) -> None:
     await r.unlink(STREAM)
-    batch = []
-    async for key in r.scan_iter(match=RESULT_PREFIX + "*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await r.unlink(*batch)
-            batch = []
-    if batch:
-        await r.unlink(*batch)
+    await unlink_matching(r, RESULT_PREFIX + "*")
 
 
 async def _enqueue(r: redis.asyncio.Redis, jobs: int, batch: int) -> tuple[float, float]:

@@ -194,8 +194,8 @@ async def test_a_settle_error_that_is_no_outage_is_retried_one_delivery_at_a_tim
     async with worker:
         await eventually(lambda: _all_running(handles))
         # Break job 1's done list: LPUSH onto a string is a WRONGTYPE error in the script.
-        # (Redis does not undo a script's writes before an error: its entry is acked
-        # by then, as it would be settling it alone.)
+        # (The ack comes last in the script, so job 1's entry stays pending:
+        # test_distributed_worker_edges.py checks that.)
         await redis.set(queue.keys.done(handles[1].id), "not a list")
         gate.set()
         assert await handles[0].result(timeout_s=5) == 0
