@@ -2,12 +2,14 @@
 
 nbval alone is not enough (see DESIGN.md, "Pitfalls"): a failing TaskGroup in
 a cell is printed to stderr, not raised, so nbval passes it; and
-``NBVAL_RAISES_EXCEPTION`` allows an error without requiring one. Here:
-- a cell marked ``NBVAL_RAISES_EXCEPTION`` must really raise;
+the ``raises-exception`` tag allows an error without requiring one. Here:
+- a cell tagged ``raises-exception`` must really raise;
 - no other cell may raise, or print a traceback, an ExceptionGroup, or one of
   asyncio's "never retrieved" / "destroyed but pending" / "never awaited"
-  reports to stderr, unless it is marked ``# EXPECT_STDERR`` (a deliberate
+  reports to stderr, unless it is tagged ``expect-stderr`` (a deliberate
   demonstration, explained in the prose next to it).
+
+The markers are cell tags, never comments in the learner's code.
 
 Notebooks that use Redis run twice: on the in-process fakeredis (their default) and
 with ``REDIS_URL`` pointing at the real redis-server the tests started, so a chapter
@@ -35,7 +37,8 @@ BAD_STDERR = (
 
 def _problems(cell, index: int) -> list[str]:
     source = cell.source
-    raises = "NBVAL_RAISES_EXCEPTION" in source
+    tags = set(cell.metadata.get("tags", ()))
+    raises = "raises-exception" in tags
     errors = [o for o in cell.outputs if o.output_type == "error"]
     stderr = "".join(
         o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"
@@ -43,10 +46,10 @@ def _problems(cell, index: int) -> list[str]:
     where = f"cell {index} ({source.strip().splitlines()[0][:60] if source.strip() else ''!r})"
     found = []
     if raises and not errors:
-        found.append(f"{where} is marked NBVAL_RAISES_EXCEPTION but did not raise")
+        found.append(f"{where} is tagged raises-exception but did not raise")
     if errors and not raises:
         found.append(f"{where} raised {errors[0].ename}: {errors[0].evalue}")
-    if "EXPECT_STDERR" not in source:
+    if "expect-stderr" not in tags:
         found += [f"{where} printed {text!r} to stderr" for text in BAD_STDERR if text in stderr]
     return found
 
