@@ -1,0 +1,70 @@
+"""Every plausible wrong answer in tests/wrong_answers/ is caught, with a specific hint.
+
+A grading test that passes on the stub checks nothing (test_integrity.py); one that
+passes on a wrong answer a learner is likely to write teaches the bug. Each folder in
+tests/wrong_answers/ is graded on its one exercise through the machinery ``check()``
+uses, and must fail with a message that names what is wrong (see the README there).
+"""
+
+from __future__ import annotations
+
+import ast
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from course_lib import grading
+from course_lib.grading import NOT_IMPLEMENTED, GradeReport
+
+ROOT = Path(grading.__file__).resolve().parents[1]
+WRONG = ROOT / "tests" / "wrong_answers"
+
+
+def _declared(folder: Path) -> tuple[str, str]:
+    """``(EXERCISE, EXPECT)`` read from the folder's module, without importing it."""
+    (module,) = folder.glob("ch*.py")
+    found = {}
+    for node in ast.parse(module.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            found |= {t.id: node.value.value for t in node.targets if isinstance(t, ast.Name)}
+    return str(found["EXERCISE"]), str(found["EXPECT"])
+
+
+FOLDERS = sorted(p for p in WRONG.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+@pytest.fixture(scope="module")
+def reports() -> dict[str, GradeReport]:
+    def one(folder: Path) -> GradeReport:
+        exercise, _ = _declared(folder)
+        return grading.grade(folder, [exercise], timeout_s=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(zip([f.name for f in FOLDERS], pool.map(one, FOLDERS), strict=True))
+
+
+def test_there_are_wrong_answers_for_every_exercise():
+    covered: dict[str, int] = {}
+    for folder in FOLDERS:
+        exercise, _ = _declared(folder)
+        covered[exercise] = covered.get(exercise, 0) + 1
+    exercises = grading.discover(ROOT / "tests" / "exercises")
+    thin = {e: covered.get(e, 0) for e in exercises if covered.get(e, 0) < 3}
+    assert not thin, f"exercises tried against fewer than three wrong answers: {thin}"
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=lambda p: p.name)
+def test_a_wrong_answer_is_caught_with_a_specific_hint(folder: Path, reports):
+    exercise, expect = _declared(folder)
+    report = reports[folder.name]
+    failed = [c for c in report.checks if not c.passed]
+    listing = "\n".join(f"  {'ok ' if c.passed else 'NO '} {c.description}: {c.message}"
+                        for c in report.checks)
+    assert failed, f"{folder.name} passes every check of exercise {exercise}:\n{listing}"
+    assert not any(c.message == NOT_IMPLEMENTED for c in failed), (
+        f"{folder.name} is graded as a stub; does it define every name?\n{listing}"
+    )
+    assert any(expect.lower() in f"{c.description} {c.message}".lower() for c in failed), (
+        f"{folder.name}: no failing check says {expect!r}:\n{listing}"
+    )
