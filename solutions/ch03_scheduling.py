@@ -42,13 +42,14 @@ class SmoothWRR(Generic[K]):
         return self
 
     def __next__(self) -> K:
-        best: K | None = None
+        # The first key leads to begin with. Not `best = None` as "none yet": None is a
+        # key like any other hashable, and would then lose every comparison.
+        best = next(iter(self._weights))
         for key, weight in self._weights.items():
             self._current[key] += weight
             # Strictly greater: on a tie the key inserted first keeps the pick.
-            if best is None or self._current[key] > self._current[best]:
+            if self._current[key] > self._current[best]:
                 best = key
-        assert best is not None
         # Every key gained its weight, the winner pays back the total: the current
         # weights always sum to 0, so after sum(weights) picks they are all back at 0
         # and the cycle repeats. Nothing is ever used up.
@@ -155,20 +156,29 @@ class PriorityPool:
         await self._idle.wait()
 
     async def close(self) -> None:
-        """Drop the queued jobs, cancel the running ones and wait for their cleanup."""
-        self._closed = True
-        while self._queue:
-            _, _, coro, future = heapq.heappop(self._queue)
-            coro.close()  # never started: closed, not left for the garbage collector
-            future.cancel()
-        running = list(self._running)
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running)
-        for future in self._running.values():
-            future.cancel()
-        self._idle.set()
+        """Drop the queued jobs, cancel the running ones and wait for their cleanup.
+
+        Every close() waits, a second one (another task shutting down too) as well, but
+        only the first cancels: a second cancel would cut the jobs' cleanup short. If
+        close() itself is cancelled, it stops waiting at once; the jobs, cancelled
+        already, finish their cleanup on their own, and a later close() waits for them.
+        """
+        if not self._closed:
+            self._closed = True
+            while self._queue:
+                _, _, coro, future = heapq.heappop(self._queue)
+                coro.close()  # never started: closed, not left for the garbage collector
+                future.cancel()
+            for task in self._running:
+                task.cancel()
+            if not self._running:
+                self._idle.set()  # nothing queued, nothing running: join() returns
+        if self._running:
+            # asyncio.wait(), not gather() or `await task`: those would raise the jobs'
+            # CancelledError here, as if close() itself had been cancelled.
+            await asyncio.wait(list(self._running))
+        # Each job's done callback (_finished) ran before wait() returned: it was added
+        # first. It cancelled the job's future and, with nothing left, set _idle.
 
     def _start_next(self) -> None:
         while self._queue and len(self._running) < self._concurrency and not self._closed:

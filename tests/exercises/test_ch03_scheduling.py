@@ -107,19 +107,17 @@ def _make(ex, cls_name: str, weights: dict[str, int]):
             ) from None
 
 
-def _picks(ex, wrr, n: int, what: str) -> list[Any]:
+def _picks(ex, wrr, n: int, what: str, steps: int = _STEPS_PER_PICK) -> list[Any]:
     """``n`` picks with ``next(wrr)``, each under a step limit."""
     picks: list[Any] = []
     with _StepLimit(ex) as limit:
         for _ in range(n):
-            limit.reset(_STEPS_PER_PICK)
+            limit.reset(steps)
             try:
                 picks.append(next(wrr))
             except _Spinning:
                 when = f"pick {len(picks) + 1} (after {''.join(map(str, picks[-30:]))!r})"
-                raise AssertionError(
-                    _SPINS.format(what=what, when=when, steps=_STEPS_PER_PICK)
-                ) from None
+                raise AssertionError(_SPINS.format(what=what, when=when, steps=steps)) from None
             except StopIteration:
                 raise AssertionError(
                     f"{what}: next() raised StopIteration after {len(picks)} picks: the "
@@ -252,6 +250,52 @@ def _assert_rejects_empty(ex, cls_name: str) -> None:
     pytest.fail(
         f"{cls_name}({{}}) was accepted: with no keys there is nothing to pick (ValueError)"
     )
+
+
+def _assert_keeps_its_own_weights(ex, cls_name: str) -> None:
+    """The caller changes the dict after handing it over: the picks do not change."""
+    weights = {"a": 4, "b": 3, "c": 2}
+    what = f"{cls_name}({weights})"
+    expected = _picks(ex, _make(ex, cls_name, dict(weights)), 30, what)
+    given = dict(weights)
+    wrr = _make(ex, cls_name, given)
+    got = _picks(ex, wrr, 5, what)
+    given["a"] = 1  # the caller reuses its dict
+    given["d"] = 7
+    del given["b"]
+    got += _picks(ex, wrr, 25, what)
+    assert got == expected, (
+        f"{what}: after the caller changed its dict (a=1, d added, b removed), picks 6-30 "
+        f"were {_show(got[5:])!r}, expected {_show(expected[5:])!r}: keep a copy of the "
+        "weights (dict(weights)) in __init__, so that nobody else's dict changes the cycle"
+    )
+
+
+_ODD_KEYS: list[Any] = [0, 1, "a", ("x", 1), None, frozenset({2}), 2.5, b"k"]
+
+
+def _assert_many_keys(ex, cls_name: str, step_of) -> None:
+    """120 keys of every hashable kind (ints, tuples, None...), weights 1-9, two cycles."""
+    weights = {key: 1 + (7 * i) % 9 for i, key in enumerate(_ODD_KEYS + list(range(2, 114)))}
+    what = f"{cls_name}(120 keys: 0, 1, 'a', ('x', 1), None, ..., weights 1-9)"
+    step = step_of(weights)
+    length = sum(weights.values()) // step
+    try:
+        wrr = _make(ex, cls_name, weights)
+        picks = _picks(ex, wrr, 2 * length, what, steps=100 * len(weights))
+    except TypeError as exc:
+        raise AssertionError(
+            f"{what} raised {exc!r}: keys are any hashable, not only strings (do not sort "
+            "or join them)"
+        ) from None
+    expected = {k: w // step for k, w in weights.items()}
+    for c in range(2):
+        counts = Counter(picks[c * length : (c + 1) * length])
+        wrong = {k: (counts[k], n) for k, n in expected.items() if counts[k] != n}
+        assert not wrong, (
+            f"{what}: in cycle {c + 1} ({length} picks) some keys came up the wrong number "
+            f"of times, (got, expected): {dict(list(wrong.items())[:5])}"
+        )
 
 
 # --- 3.1 SmoothWRR -------------------------------------------------------------------------
@@ -404,6 +448,18 @@ def test_swrr_rejects_no_keys(ex):
     _assert_rejects_empty(ex, "SmoothWRR")
 
 
+@pytest.mark.exercise("3.1")
+def test_swrr_keeps_its_own_copy_of_the_weights(ex):
+    """The caller changes its dict after SmoothWRR(weights): the picks do not change."""
+    _assert_keeps_its_own_weights(ex, "SmoothWRR")
+
+
+@pytest.mark.exercise("3.1")
+def test_swrr_handles_many_keys_of_any_hashable_type(ex):
+    """120 keys (ints, tuples, None, bytes...): each key its weight's picks in every cycle."""
+    _assert_many_keys(ex, "SmoothWRR", lambda weights: 1)
+
+
 # --- 3.2 InterleavedWRR --------------------------------------------------------------------
 
 
@@ -500,6 +556,18 @@ def test_iwrr_rejects_weights_that_are_not_positive_ints(ex):
 def test_iwrr_rejects_no_keys(ex):
     """No keys at all ({}): ValueError."""
     _assert_rejects_empty(ex, "InterleavedWRR")
+
+
+@pytest.mark.exercise("3.2")
+def test_iwrr_keeps_its_own_copy_of_the_weights(ex):
+    """The caller changes its dict after InterleavedWRR(weights): the picks do not change."""
+    _assert_keeps_its_own_weights(ex, "InterleavedWRR")
+
+
+@pytest.mark.exercise("3.2")
+def test_iwrr_handles_many_keys_of_any_hashable_type(ex):
+    """120 keys (ints, tuples, None, bytes...): each key weight/gcd picks in every cycle."""
+    _assert_many_keys(ex, "InterleavedWRR", lambda weights: math.gcd(*weights.values()))
 
 
 # --- 3.3 and 3.4: helpers on the virtual clock ---------------------------------------------
@@ -833,6 +901,137 @@ async def test_pool_rejects_a_concurrency_below_one(ex):
         ex.PriorityPool(0)
 
 
+def _closing(pool, name: str = "close") -> asyncio.Task[Any]:
+    """pool.close() in a task of its own, so that a CancelledError it raises is seen."""
+    return asyncio.create_task(pool.close(), name=name)
+
+
+_CLOSE_RAISED_CANCEL = (
+    "{who} raised CancelledError though nobody cancelled it: awaiting the cancelled jobs "
+    "(`await task`, asyncio.gather) raises *their* CancelledError in close(); wait for "
+    "them with asyncio.wait(), which never raises their outcome"
+)
+
+
+async def _closed_by(closer: asyncio.Task[Any], limit_s: float, who: str) -> None:
+    """Wait for a close() task; fail with a hint if it hangs or raises CancelledError."""
+    await asyncio.wait({closer}, timeout=limit_s)
+    assert closer.done(), f"{who} had not returned after {limit_s:g} s"
+    assert not closer.cancelled(), _CLOSE_RAISED_CANCEL.format(who=who)
+    closer.result()
+
+
+@_async
+@pytest.mark.exercise("3.3")
+async def test_pool_close_from_two_tasks_cancels_the_jobs_once(ex):
+    """Two tasks close() the pool at 5 s: the jobs' 2 s cleanup is not cut; both wait for it."""
+    async with _Jobs() as jobs:
+        pool = ex.PriorityPool(2)
+        futures = [_submit(pool, jobs, jobs.job(name, 100, cleanup_s=2)) for name in ("r1", "r2")]
+        await asyncio.sleep(5)
+        first = _closing(pool, "first close")
+        await asyncio.sleep(0)  # the first close() has cancelled the jobs
+        await asyncio.sleep(1)  # the jobs are in the middle of their cleanup
+        second = _closing(pool, "second close")
+        await _closed_by(first, 60, "the first close()")
+        await _closed_by(second, 60, "the second close()")
+        cleaned = jobs.times("cleaned up")
+        assert cleaned == {"r1": 7, "r2": 7}, (
+            f"the jobs' 2 s cleanup, begun at 5 s, ended at {cleaned or 'never'} s, expected "
+            "7 s: the second close() cancelled the jobs again, in the middle of their "
+            "cleanup. Cancel each running job once (the first close()); a second close() "
+            "only waits"
+        )
+        assert _now() == 7, (
+            f"the second close() returned at {_now():g} s, expected 7 s, when the jobs' "
+            "cleanup ended: every close() waits until the running jobs have ended"
+        )
+        assert all(f.cancelled() for f in futures), "the running jobs' futures were not cancelled"
+
+
+@_async
+@pytest.mark.exercise("3.3")
+async def test_pool_close_cancelled_while_it_waits_then_close_again(ex):
+    """close() cancelled during the jobs' cleanup: it stops waiting; a later close() waits."""
+    async with _Jobs() as jobs:
+        pool = ex.PriorityPool(2)
+        futures = [_submit(pool, jobs, jobs.job(name, 100, cleanup_s=2)) for name in ("r1", "r2")]
+        await asyncio.sleep(5)
+        first = _closing(pool, "first close")
+        await asyncio.sleep(1)
+        first.cancel()  # the caller of close() is cancelled while close() waits
+        await asyncio.wait({first}, timeout=60)
+        assert first.done(), (
+            "close(), cancelled at 6 s, was still running after 60 s: when the caller is "
+            "cancelled, close() stops waiting (the jobs are cancelled already)"
+        )
+        assert first.cancelled(), (
+            "close(), cancelled at 6 s, did not end cancelled: let the caller's "
+            "CancelledError out"
+        )
+        second = _closing(pool, "close() again")
+        await _closed_by(second, 60, "close() again, after a cancelled close(),")
+        assert _now() == 7 and jobs.times("cleaned up") == {"r1": 7, "r2": 7}, (
+            f"close() again, at 6 s, returned at {_now():g} s; the jobs' cleanup ended at "
+            f"{jobs.times('cleaned up') or 'never'} s; expected both at 7 s: after a close() "
+            "that was cancelled, close() again still waits until the running jobs have "
+            "ended (do not return early because the pool is closed already), and does not "
+            "cancel them a second time"
+        )
+        assert all(f.cancelled() for f in futures), "the running jobs' futures were not cancelled"
+
+
+@_async
+@pytest.mark.exercise("3.3")
+async def test_pool_join_cancelled_leaves_the_jobs_running(ex):
+    """join() cancelled at 1 s: the jobs are not cancelled; they end at 10 s with results."""
+    async with _Jobs() as jobs:
+        pool = ex.PriorityPool(2)
+        futures = [_submit(pool, jobs, jobs.job(f"j{i}", 10, result=i)) for i in range(2)]
+        joiner = asyncio.create_task(pool.join(), name="join")
+        await asyncio.sleep(1)
+        joiner.cancel()  # whoever waited gave up: the jobs go on
+        await asyncio.wait({joiner}, timeout=60)
+        cancelled = sorted(jobs.times("cancelled"))
+        assert not cancelled, (
+            f"cancelling join() at 1 s cancelled the jobs {cancelled}: join() only waits. "
+            "asyncio.gather() cancels everything it gathers when it is cancelled; wait on an "
+            "asyncio.Event, or with asyncio.wait(), which cancel nothing"
+        )
+        await _all_done(futures, 60)
+        got = [_outcome_of(f) for f in futures]
+        assert all(f.done() and not f.cancelled() and f.exception() is None for f in futures), (
+            f"after join() was cancelled the jobs' futures hold {got}, expected results"
+        )
+        assert [f.result() for f in futures] == [0, 1] and _now() == 10, (
+            f"the jobs' results were {[f.result() for f in futures]} at {_now():g} s, "
+            "expected [0, 1] at 10 s"
+        )
+
+
+@_async
+@pytest.mark.exercise("3.3")
+async def test_pool_runs_a_thousand_jobs_one_after_another(ex):
+    """concurrency=1, 1,000 jobs of 0.01 s: each gets its result; all done at 10 s."""
+    async with _Jobs() as jobs:
+        pool = ex.PriorityPool(1)
+        futures = [_submit(pool, jobs, jobs.job(f"j{i}", 0.01, result=i)) for i in range(1000)]
+        await _all_done(futures, 100)
+        bad = [(i, _outcome_of(f)) for i, f in enumerate(futures)
+               if not (f.done() and not f.cancelled() and f.exception() is None)]  # fmt: skip
+        assert not bad, (
+            f"{len(bad)} of 1,000 jobs did not get their result, the first {bad[:2]}: with "
+            "1,000 jobs, does each job's task start the next one by awaiting it (the chain "
+            "of awaits grows with every job, up to a RecursionError)? Start the next job in "
+            "a new task, from a done callback"
+        )
+        results = [f.result() for f in futures]
+        assert results == list(range(1000)) and _now() == 10, (
+            f"the 1,000 jobs ended at {_now():g} s, expected 10 s (one after another, "
+            "0.01 s each), their results in order"
+        )
+
+
 # --- 3.4 TokenBucket -----------------------------------------------------------------------
 
 
@@ -1026,4 +1225,58 @@ async def test_bucket_cancelled_waiter_takes_no_tokens(ex):
             "at 4 s try_acquire(4) was False: the bucket refilled 4 tokens since 0 s, but "
             "the acquire(3) cancelled at 1 s kept some (give back what a cancelled waiter "
             "reserved)"
+        )
+
+
+
+@_async
+@pytest.mark.exercise("3.4")
+async def test_bucket_waiter_cancelled_as_it_is_served_gives_its_tokens_back(ex):
+    """acquire(1) is served, then cancelled before it resumes: its token goes back."""
+    async with _Cleanup() as tasks:
+        bucket = ex.TokenBucket(1, 5)
+        await _within(60, bucket.acquire(5), _ACQUIRE_HANGS.format(60))
+        log: list[tuple[float, str]] = []
+        big = tasks.start(_acquire(bucket, 5, "big", log))
+        await asyncio.sleep(0)
+        small = tasks.start(_acquire(bucket, 1, "small", log))
+        await asyncio.sleep(2)  # 2 tokens now; acquire(5) at the head holds up acquire(1)
+        for task in (big, small):
+            _raise_if_failed(task)
+        big.cancel()  # the head leaves: acquire(1) is served...
+        await asyncio.sleep(0)
+        small.cancel()  # ...and cancelled before it could resume and return
+        await asyncio.wait({big, small}, timeout=60)
+        _raise_if_failed(small)
+        assert "small" not in _when(log) or small.cancelled(), "acquire(1) returned"
+        assert bucket.try_acquire(2) is True, (
+            "at 2 s, with 2 tokens refilled, try_acquire(2) was False after acquire(1) was "
+            "cancelled just as it was served: its token was lost. A waiter whose future "
+            "already has its result when the CancelledError arrives was served: give its "
+            "tokens back before re-raising"
+        )
+
+
+@_async
+@pytest.mark.exercise("3.4")
+async def test_bucket_serves_a_thousand_waiters_in_order_at_its_rate(ex):
+    """1,000 tasks acquire at once (rate 100/s, capacity 10): 10 at once, then 100 a second."""
+    async with _Cleanup() as tasks:
+        bucket = ex.TokenBucket(100, 10)
+        log: list[tuple[float, str]] = []
+        started = [tasks.start(_acquire(bucket, 1, f"t{i}", log)) for i in range(1000)]
+        await asyncio.wait(started, timeout=60)
+        for task in started:
+            _raise_if_failed(task)
+        names = [name for _, name in log]
+        assert names == [f"t{i}" for i in range(1000)], (
+            f"{len(names)} of 1,000 waiters were served, the first out of order at position "
+            f"{next((i for i, n in enumerate(names) if n != f't{i}'), len(names))}: first "
+            "come, first served"
+        )
+        late = [(name, t) for i, (t, name) in enumerate(log)
+                if abs(t - max(0, i - 9) / 100) > 1e-6]  # fmt: skip
+        assert not late, (
+            f"the waiters were served off the rate: {late[:3]} ...; expected t0-t9 at 0 s, "
+            "then t10 at 0.01 s, t11 at 0.02 s, ... t999 at 9.9 s"
         )
