@@ -24,6 +24,9 @@ async def first_within(deadline_s: float, *aws: Awaitable[Any]) -> Any:
     ``deadline_s`` seconds. Before returning, cancel all the others and wait until
     they have really ended, their cleanup (``finally:`` blocks that await) included:
     when first_within() returns or raises, none of its tasks is still running.
+    That holds even if first_within() is cancelled while it waits for that cleanup,
+    once or several times: it keeps waiting until every task has ended, and only
+    then raises CancelledError (as ``asyncio.TaskGroup`` does on exit).
 
     - One that fails (raises an Exception) does not win: keep waiting for the others.
     - All of them fail: raise ``ExceptionGroup`` holding their errors, one per
@@ -46,6 +49,7 @@ async def retry(
     attempts: int,
     base_s: float,
     max_s: float,
+    retry_on: type[Exception] | tuple[type[Exception], ...],
     rand: Callable[[], float] = random.random,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> T:
@@ -55,18 +59,24 @@ async def retry(
     coroutine can be awaited only once). The first attempt that returns: return
     its value, at once.
 
-    - An attempt raises an Exception: after the n-th failure (n = 1, 2, ...) wait
+    - ``retry_on`` (required): the Exception class, or tuple of classes, that the
+      caller calls transient, e.g. ``ConnectionError``. Only those are retried; any
+      other error goes out at once, as it is (retrying a bad request only adds load).
+    - An attempt raises one of ``retry_on``: after the n-th failure (n = 1, 2, ...) wait
       ``rand() * min(max_s, base_s * 2 ** (n - 1))`` seconds, then try again. Wait
       with ``await sleep(delay)``, the function you are given, and call ``rand()``
       exactly once per wait. (Full jitter: a random wait between 0 and the cap, so
       that many clients retrying at once spread out.)
+      ``attempts`` may be in the thousands: after 1,100 failures the cap is still
+      ``max_s``, with no OverflowError on the way.
     - After ``attempts`` failures in all, give up at once (no wait after the last
       one): raise ``ExceptionGroup(f"{attempts} attempts failed", errors)``, with
       every attempt's error in the order they happened.
-    - Only Exceptions are retried. A CancelledError, whether retry() itself is
+    - Only Exceptions are ever retried. A CancelledError, whether retry() itself is
       cancelled (during an attempt or during a wait) or ``fn()`` raises it, goes on
       at once: no further attempt, no further wait.
-    - ``attempts < 1``: raise ValueError.
+    - ``attempts < 1``: raise ValueError with a message that names ``attempts``
+      (``f"attempts must be at least 1, not {attempts}"``), before calling ``fn()``.
     """
     raise NotImplementedError("Exercise 2.2: retry")
 
@@ -91,7 +101,11 @@ class Deadline:
       cancelled and TimeoutError comes out; any other cancellation (the task is
       cancelled from outside, an outer deadline fires) goes on as it is. Entered
       when already expired: TimeoutError at the first await inside.
-    - The same Deadline can be entered again after its block has ended.
+    - The same Deadline can be entered again after its block has ended, and inside
+      its own block.
+    - One Deadline is shared: a request hands it to several tasks at once (a fan-out),
+      each entering it with ``async with``, and their blocks end in any order. Each
+      task's block must still end at the deadline, whatever the others do.
     """
 
     def __init__(self, when: float) -> None:

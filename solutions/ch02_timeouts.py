@@ -17,6 +17,10 @@ async def first_within(deadline_s: float, *aws: Awaitable[Any]) -> Any:
 
     Not ``asyncio.wait_for()`` around the race: its cancel would reach only the
     coroutine doing the waiting, and the racers' tasks would be left running.
+
+    It never returns or raises while one of its tasks still runs. Cancelled while it
+    waits for their cleanup (even again and again), it keeps waiting until every one
+    has ended, then raises CancelledError, as ``asyncio.TaskGroup`` does on exit.
     """
     if not aws:
         raise ValueError("first_within() needs at least one awaitable")
@@ -41,13 +45,31 @@ async def first_within(deadline_s: float, *aws: Awaitable[Any]) -> Any:
     finally:
         # Every way out passes here: a winner, all failed, the deadline, our own
         # cancel. The return value or exception waits until the losers have ended.
-        for task in tasks:
-            task.cancel()
-        # wait(), not gather(): it never raises what a loser raised in its cleanup.
-        await asyncio.wait(tasks)
-        for task in tasks:
-            if not task.cancelled():
-                task.exception()  # retrieved: no "Task exception was never retrieved"
+        await _cancel_and_wait(tasks)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Future[Any]]) -> None:
+    """Cancel ``tasks`` once, then wait until every one has ended, even through our own cancel.
+
+    A single ``await asyncio.wait(tasks)`` is not enough: cancelled while it waits, it
+    raises at once and leaves the tasks running behind our back.
+    """
+    for task in tasks:
+        task.cancel()  # once: a second cancel would cut short a cleanup already running
+    cancelled: asyncio.CancelledError | None = None
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        try:
+            # wait(), not gather(): it never raises what a loser raised in its cleanup.
+            _, pending = await asyncio.wait(pending)
+        except asyncio.CancelledError as exc:
+            cancelled = exc  # remembered, and passed on once they have all ended
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: no "Task exception was never retrieved"
+    if cancelled is not None:
+        # No uncancel(): our caller's cancelling() count stays as the cancels left it.
+        raise cancelled
 
 
 async def retry(
@@ -56,22 +78,28 @@ async def retry(
     attempts: int,
     base_s: float,
     max_s: float,
+    retry_on: type[Exception] | tuple[type[Exception], ...],
     rand: Callable[[], float] = random.random,
     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
 ) -> T:
-    """Exercise 2.2: retry ``fn()`` with full-jitter exponential backoff.
+    """Exercise 2.2: retry ``fn()`` on the errors the caller calls transient, with
+    full-jitter exponential backoff.
 
     ``fn()`` is awaited right here, not in a task: a cancel of retry() goes straight
     into the attempt, and no attempt can outlive retry().
     """
-    if attempts < 1:
+    if attempts < 1:  # checked first: with no attempt, there would be no error to report
         raise ValueError(f"attempts must be at least 1, not {attempts}")
+    classes = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+    if not all(isinstance(c, type) and issubclass(c, Exception) for c in classes):
+        # A BaseException class would catch CancelledError: a cancel would be retried.
+        raise TypeError(f"retry_on takes Exception subclasses only, not {retry_on!r}")
     errors: list[Exception] = []
     cap_s = min(max_s, base_s)  # doubled step by step: base_s * 2**n overflows a float
     for n in range(1, attempts + 1):
         try:
             return await fn()
-        except Exception as exc:  # not BaseException: a CancelledError is never retried
+        except classes as exc:  # only what the caller called transient; never a cancel
             errors.append(exc)
         if n < attempts:
             # Outside the except block: a cancel during the wait propagates as is,
@@ -92,10 +120,12 @@ class Deadline:
     def __init__(self, when: float) -> None:
         self._when = when
         # Each `async with` gets a fresh asyncio.timeout_at(): one can be entered only
-        # once. A stack, so that entering this deadline again inside its own block
-        # works too (in one task: entered from two tasks at once, their exits could
-        # pop each other's scope; course_lib.timeouts.Deadline keeps one per task).
-        self._scopes: list[asyncio.Timeout] = []
+        # once. Kept per task: one deadline is often shared by several tasks (a request
+        # fanning out), and their exits come in any order; one shared list would let a
+        # task pop, and disarm, another task's scope. Within one task the exits are
+        # nested, so a list per task (a stack) is right, and the same deadline can be
+        # entered again inside its own block.
+        self._scopes: dict[asyncio.Task[Any] | None, list[asyncio.Timeout]] = {}
 
     @classmethod
     def after(cls, seconds: float) -> Deadline:
@@ -122,11 +152,16 @@ class Deadline:
         # passes through unchanged.
         scope = asyncio.timeout_at(self._when)
         await scope.__aenter__()
-        self._scopes.append(scope)
+        self._scopes.setdefault(asyncio.current_task(), []).append(scope)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
-        return await self._scopes.pop().__aexit__(*exc_info)
+        task = asyncio.current_task()
+        stack = self._scopes[task]
+        scope = stack.pop()  # this task's last entered scope: ours
+        if not stack:
+            del self._scopes[task]  # keep no reference to a finished task
+        return await scope.__aexit__(*exc_info)
 
     def __repr__(self) -> str:
         return f"Deadline(when={self._when:g})"

@@ -97,6 +97,12 @@ class _Race(_Cleanup):
 _RACE_HANGS = "first_within() was still running after {} s"
 
 
+async def _settle(race: _Race) -> None:
+    """Let what a wrong answer left running end, so its outcome cannot spill into the test."""
+    for task in race.leftovers():
+        await asyncio.wait({task}, timeout=60)
+
+
 @pytest.mark.exercise("2.1")
 async def test_first_within_returns_the_fastest_result(ex):
     """The first result to arrive wins: 'fast' (1 s) beats 'mid' (2 s) and 'slow' (3 s)."""
@@ -326,6 +332,100 @@ async def test_first_within_drops_what_a_loser_raises_in_its_cleanup(ex):
 
 
 @pytest.mark.exercise("2.1")
+async def test_first_within_cancelled_during_the_losers_cleanup_still_waits_for_it(ex):
+    """Cancelled at 2 s, while the losers clean up (1-3 s): it ends cancelled at 3 s, not before."""
+    async with _Race() as race:
+        caller = race.start(
+            ex.first_within(
+                10,
+                race.racer("winner", 1, result="winner"),
+                race.racer("loser", 5, cleanup_s=2),
+            )
+        )
+        await asyncio.sleep(2)  # the winner won at 1 s; the loser cleans up until 3 s
+        _raise_if_failed(caller)
+        assert not caller.done(), (
+            f"first_within() returned {caller.result()!r} at 2 s, while a loser was still "
+            "cleaning up: wait until the losers have ended"
+        )
+        caller.cancel()
+        await asyncio.wait({caller}, timeout=60)
+        assert caller.done(), "first_within() was still running 60 s after it was cancelled"
+        ended_s = _now()
+        running = len(race.leftovers())
+        await _settle(race)
+        assert running == 0 and ended_s == pytest.approx(3), (
+            f"cancelled during the cleanup, it ended at {ended_s:g} s with {running} of its "
+            "tasks still running: a single `await asyncio.wait(tasks)` raises at once when "
+            "you are cancelled. Keep waiting (catch the CancelledError, wait again) until every "
+            "task has ended, then raise it"
+        )
+        _raise_if_failed(caller)
+        assert caller.cancelled(), (
+            f"first_within() was cancelled during its cleanup but returned {caller.result()!r}: "
+            "after the cleanup, let the CancelledError go on"
+        )
+
+
+@pytest.mark.exercise("2.1")
+async def test_first_within_a_second_cancel_during_cleanup_still_waits_for_it(ex):
+    """Cancelled at 1 s, and again at 2 s while the racers clean up: it ends cancelled at 3 s."""
+    async with _Race() as race:
+        counts: list[int] = []
+
+        async def caller_of_first_within():
+            try:
+                await ex.first_within(
+                    10, race.racer("a", 5, cleanup_s=2), race.racer("b", 8, cleanup_s=2)
+                )
+            except asyncio.CancelledError:
+                counts.append(asyncio.current_task().cancelling())
+                raise
+
+        caller = race.start(caller_of_first_within())
+        await asyncio.sleep(1)
+        _raise_if_failed(caller)
+        caller.cancel()
+        await asyncio.sleep(1)  # the racers clean up from 1 s to 3 s
+        _raise_if_failed(caller)
+        if not caller.done():
+            caller.cancel()  # a second cancel, during the cleanup
+        await asyncio.wait({caller}, timeout=60)
+        assert caller.done(), "first_within() was still running 60 s after it was cancelled"
+        ended_s = _now()
+        running = len(race.leftovers())
+        await _settle(race)
+        assert running == 0 and ended_s == pytest.approx(3), (
+            f"after a second cancel during the cleanup it ended at {ended_s:g} s with {running} "
+            "of its tasks still running, expected 3 s and none: absorb every further cancel "
+            "while you wait, and raise CancelledError once they have all ended"
+        )
+        _raise_if_failed(caller)
+        assert caller.cancelled(), (
+            f"cancelled twice, it returned {caller.result()!r}: let the CancelledError go on"
+        )
+        assert counts == [2], (
+            f"the caller's cancelling() count was {counts!r} after two cancels, expected [2]: "
+            "do not uncancel() a cancel that was not yours"
+        )
+
+
+@pytest.mark.exercise("2.1")
+async def test_first_within_with_a_thousand_racers(ex):
+    """1,000 racers, one success at 1 s: its result, and the 999 others cancelled and ended."""
+    async with _Race() as race:
+        racers = [race.racer(f"r{n}", 5 + n / 1000, cleanup_s=1) for n in range(999)]
+        racers.insert(500, race.racer("winner", 1, result="winner"))
+        outcome = await _outcome(60, ex.first_within(10, *racers), _RACE_HANGS.format(60))
+        assert outcome == ("returned", "winner"), f"it {_said(outcome)}, expected 'winner'"
+        race.assert_nothing_left_running("with 1,000 racers, when first_within() returned")
+        assert len(race.events("cleaned up")) == 999, (
+            f"{len(race.events('cleaned up'))} of the 999 losers cleaned up, expected all"
+        )
+        assert _now() == pytest.approx(2), f"returned at {_now():g} s, expected 2 s"
+
+
+@pytest.mark.exercise("2.1")
 async def test_first_within_without_awaitables_raises_valueerror(ex):
     """No awaitables at all: ValueError."""
     with pytest.raises(ValueError):
@@ -385,8 +485,25 @@ def _rands(values: Iterable[float]):
 _RETRY_HANGS = "retry() was still running after {} s"
 
 
-def _retry(ex, fn, *, attempts=10, base_s=1, max_s=100, rand=lambda: 0.5, **kwargs):
-    return ex.retry(fn, attempts=attempts, base_s=base_s, max_s=max_s, rand=rand, **kwargs)
+def _retry(
+    ex, fn, *, attempts=10, base_s=1, max_s=100, retry_on=ValueError, rand=lambda: 0.5, **kwargs
+):
+    return ex.retry(
+        fn, attempts=attempts, base_s=base_s, max_s=max_s, retry_on=retry_on, rand=rand, **kwargs
+    )
+
+
+def _no_attempt_after_cancel(starts: list[float]) -> str:
+    """The message when attempts ran at ``starts`` though one at 0 s, then none, was expected."""
+    if not starts:
+        return (
+            "fn() was never called: the first attempt is `await fn()`, at once, before any "
+            "wait"
+        )
+    return (
+        f"attempts started at {starts!r} s, expected [0]: a CancelledError is not a failure "
+        "to retry (catch Exception, not BaseException)"
+    )
 
 
 @pytest.mark.exercise("2.2")
@@ -519,9 +636,7 @@ async def test_retry_cancelled_during_a_wait_stops_at_once(ex):
         )
         assert _now() == pytest.approx(5), f"it ended at {_now():g} s, expected at once (5 s)"
         await asyncio.sleep(100)
-        assert flaky.starts == [0], (
-            f"attempts started at {flaky.starts!r} s: no attempt after a cancel"
-        )
+        assert flaky.starts == [0], _no_attempt_after_cancel(flaky.starts)
 
 
 @pytest.mark.exercise("2.2")
@@ -534,17 +649,19 @@ async def test_retry_cancelled_during_an_attempt_stops_at_once(ex):
         _raise_if_failed(retrying)
         retrying.cancel()
         await asyncio.wait({retrying}, timeout=60)
-        assert retrying.done(), "retry() was still running 60 s after it was cancelled"
+        assert retrying.done(), "retry() was still running 60 s after it was cancelled" + (
+            f": it started another attempt at {flaky.starts[1]:g} s; a CancelledError is not "
+            "a failure to retry (catch Exception, not BaseException)"
+            if len(flaky.starts) > 1
+            else ""
+        )
         _raise_if_failed(retrying)
         assert retrying.cancelled(), (
             f"retry() was cancelled but returned {retrying.result()!r}: a cancel is never retried"
         )
         assert _now() == pytest.approx(5), f"it ended at {_now():g} s, expected at once (5 s)"
         await asyncio.sleep(200)
-        assert flaky.starts == [0], (
-            f"attempts started at {flaky.starts!r} s: a CancelledError is not a failure to "
-            "retry (catch Exception, not BaseException)"
-        )
+        assert flaky.starts == [0], _no_attempt_after_cancel(flaky.starts)
 
 
 @pytest.mark.exercise("2.2")
@@ -568,11 +685,86 @@ async def test_retry_does_not_retry_a_cancellederror_raised_by_fn(ex):
 
 @pytest.mark.exercise("2.2")
 async def test_retry_with_attempts_below_one_raises_valueerror(ex):
-    """attempts=0: ValueError, and fn() is never called."""
-    flaky = _Flaky()
-    with pytest.raises(ValueError):
-        await _within(600, _retry(ex, flaky, attempts=0), _RETRY_HANGS.format(600))
-    assert flaky.calls == 0, "fn() was called with attempts=0"
+    """attempts=0 or -1: a ValueError of its own that names attempts, and fn() is never called."""
+    for attempts in (0, -1):
+        flaky = _Flaky()
+        outcome = await _outcome(
+            600, _retry(ex, flaky, attempts=attempts), _RETRY_HANGS.format(600)
+        )
+        how, error = outcome
+        assert flaky.calls == 0, f"fn() was called with attempts={attempts}"
+        assert how == "raised" and isinstance(error, ValueError), (
+            f"attempts={attempts}: it {_said(outcome)}, expected ValueError"
+        )
+        assert "non-empty sequence" not in str(error), (
+            f"attempts={attempts}: the ValueError came from ExceptionGroup(..., []) (a group "
+            "cannot be empty), not from a check of attempts: check `attempts < 1` first"
+        )
+        assert "attempts" in str(error), (
+            f"attempts={attempts}: ValueError({str(error)!r}) does not say what is wrong: "
+            "name attempts in the message"
+        )
+
+
+@pytest.mark.exercise("2.2")
+async def test_retry_raises_an_error_not_in_retry_on_at_once(ex):
+    """retry_on=(KeyError, ValueError): ValueError is retried, then TypeError goes out as is."""
+    starts: list[float] = []
+    sleeps = _Sleeps()
+
+    async def fn():
+        starts.append(_now())
+        if len(starts) == 1:
+            raise ValueError("transient")
+        raise TypeError("a bug: not transient")
+
+    outcome = await _outcome(
+        600,
+        _retry(ex, fn, retry_on=(KeyError, ValueError), rand=lambda: 1.0, sleep=sleeps),
+        _RETRY_HANGS.format(600),
+    )
+    how, error = outcome
+    assert starts[:1] == [0] and len(starts) >= 2, (
+        f"attempts started at {starts!r} s: ValueError is in retry_on, retry it"
+    )
+    assert starts == [0, 1], (
+        f"attempts started at {starts!r} s, expected [0, 1]: TypeError is not in retry_on, so "
+        "it is not retried (`except retry_on`, not `except Exception`)"
+    )
+    assert how == "raised" and type(error) is TypeError, (
+        f"it {_said(outcome)}, expected the TypeError itself, at once: an error not in "
+        "retry_on goes out as it is, not in a group"
+    )
+    assert sleeps.delays == [1], f"waits {sleeps.delays!r}, expected [1]: no wait after it"
+
+
+@pytest.mark.exercise("2.2")
+async def test_retry_survives_a_thousand_failures(ex):
+    """1,100 failing attempts, base_s=0.5, max_s=4, rand()=1: waits 0.5, 1, 2, then 4 s each."""
+    flaky, sleeps = _Flaky(fails=10_000), _Sleeps()
+    try:
+        outcome = await _outcome(
+            100_000,
+            _retry(ex, flaky, attempts=1100, base_s=0.5, max_s=4, rand=lambda: 1.0, sleep=sleeps),
+            _RETRY_HANGS.format(100_000),
+        )
+    except OverflowError as exc:
+        pytest.fail(
+            f"OverflowError after {len(flaky.starts)} failures ({exc}): base_s * 2 ** (n - 1) "
+            "is too large for a float past n = 1,024; keep the cap as a number you double and "
+            "clip with min(max_s, ...)"
+        )
+    how, error = outcome
+    assert how == "raised" and isinstance(error, ExceptionGroup), (
+        f"after 1,100 failed attempts it {_said(outcome)}, expected an ExceptionGroup"
+    )
+    assert len(error.exceptions) == 1100, (
+        f"the group holds {len(error.exceptions)} errors, expected 1,100"
+    )
+    assert sleeps.delays[:3] == [0.5, 1, 2] and set(sleeps.delays[3:]) == {4}, (
+        f"waits began {sleeps.delays[:5]!r} and took the values {sorted(set(sleeps.delays))!r}, "
+        "expected [0.5, 1, 2, 4, 4, ...]: the cap doubles, then stays at max_s"
+    )
 
 
 # --- 2.3 Deadline ------------------------------------------------------------------------
@@ -773,3 +965,94 @@ async def test_deadline_can_be_entered_again(ex):
         async with deadline:  # a third time, now that it has passed
             await asyncio.sleep(1)
     assert _now() == pytest.approx(10), f"TimeoutError at {_now():g} s, expected at once (10 s)"
+
+
+@pytest.mark.exercise("2.3")
+async def test_deadline_can_be_entered_again_inside_its_own_block(ex):
+    """Entered inside its own block (a helper applies the deadline it was handed): fires at 5 s."""
+    deadline = ex.Deadline.after(5)
+    reached = []
+    with pytest.raises(TimeoutError):
+        async with deadline:
+            async with deadline:  # e.g. fetch(deadline) called inside `async with deadline`
+                await asyncio.sleep(1)
+            reached.append(_now())
+            await asyncio.sleep(100)
+    assert reached == [1], f"the inner block ended at {reached!r} s, expected [1]"
+    assert _now() == pytest.approx(5), f"TimeoutError at {_now():g} s, expected 5 s"
+
+
+@pytest.mark.exercise("2.3")
+async def test_deadline_shared_by_two_tasks_fires_in_both(ex):
+    """Fan-out: two tasks enter one 5 s deadline; one ends at 1 s, the other is cut at 5 s."""
+    async with _Cleanup() as tasks:
+        deadline = ex.Deadline.after(5)
+        ended: dict[str, tuple[float, str]] = {}
+
+        async def part(name: str, seconds: float):
+            try:
+                async with deadline:
+                    await asyncio.sleep(seconds)
+            except TimeoutError:
+                ended[name] = (_now(), "TimeoutError")
+                raise
+            ended[name] = (_now(), "finished")
+
+        quick = tasks.start(part("quick", 1))
+        slow = tasks.start(part("slow", 10))
+        await asyncio.wait({quick, slow}, timeout=60)
+        for task in (quick, slow):
+            _raise_if_failed_except_timeout(task)
+        assert ended.get("quick") == (1, "finished"), (
+            f"the quick task's block ended as {ended.get('quick')!r}, expected (1, 'finished')"
+        )
+        assert ended.get("slow") == (5, "TimeoutError"), (
+            f"the slow task's block ended as {ended.get('slow')!r}, expected (5, 'TimeoutError'):"
+            " when the quick task left its block it exited the slow task's scope (one list shared"
+            " by every task). Keep each task's scopes apart (a dict keyed by "
+            "asyncio.current_task())"
+        )
+
+
+@pytest.mark.exercise("2.3")
+async def test_deadline_shared_by_a_thousand_tasks(ex):
+    """1,000 tasks share one 5 s deadline, ending in any order: every one past 5 s is cut at 5 s."""
+    async with _Cleanup() as tasks:
+        deadline = ex.Deadline.after(5)
+        ended: dict[int, tuple[float, str]] = {}
+
+        async def part(n: int):
+            try:
+                async with deadline:
+                    await asyncio.sleep(1 + (n * 7919 % 1000) / 100)  # 1 s to 11 s, shuffled
+            except TimeoutError:
+                ended[n] = (_now(), "TimeoutError")
+                return
+            ended[n] = (_now(), "finished")
+
+        started = [tasks.start(part(n)) for n in range(1000)]
+        await asyncio.wait(started, timeout=60)
+        failed = [t.exception() for t in started if t.done() and not t.cancelled()]
+        failed = [e for e in failed if e is not None]
+        assert not failed, (
+            f"{len(failed)} of 1,000 tasks sharing one deadline failed, e.g. with {failed[0]!r}:"
+            " keep each task's scopes apart"
+        )
+        assert len(ended) == 1000, (
+            f"only {len(ended)} of 1,000 tasks sharing one deadline left their block in 60 s"
+        )
+        late = {n: e for n, e in ended.items() if e[0] > 5}
+        assert not late, (
+            f"{len(late)} of 1,000 tasks sharing a 5 s deadline ran past it, e.g. "
+            f"{next(iter(late.values()), None)!r}: keep each task's scopes apart"
+        )
+        cut = sum(1 for when, how in ended.values() if how == "TimeoutError")
+        assert cut == sum(1 for n in range(1000) if 1 + (n * 7919 % 1000) / 100 >= 5), (
+            f"{cut} tasks got TimeoutError, expected every one whose sleep reaches 5 s"
+        )
+
+
+def _raise_if_failed_except_timeout(task: asyncio.Task[Any]) -> None:
+    """Like _raise_if_failed, but a TimeoutError is an outcome the test reads itself."""
+    if task.done() and not task.cancelled() and not isinstance(task.exception(), TimeoutError):
+        task.result()
