@@ -34,8 +34,11 @@ async def worker(
 
     - Cancelled while waiting for a job: there is nothing to hand back (a job
       already finished is in ``done``, not in hand); just end cancelled.
-    - A second ``cancel()`` that arrives while ``requeue(job)`` is still running
-      must not lose the job either; the worker still ends cancelled.
+    - A second (third, ...) ``cancel()`` that arrives while ``requeue(job)`` is still
+      running must not lose the job either: the hand-back runs to its end, exactly
+      once, and the worker ends (cancelled) only after it has finished. A worker
+      that ends earlier leaves the hand-back running unowned, and ``asyncio.run()``
+      cancels such leftovers on its way out: the job would be lost.
     """
     raise NotImplementedError("Exercise 1.1: worker")
 
@@ -57,8 +60,12 @@ async def cancel_and_wait(
     - ``timeout_s``: if the task is still running that many seconds after the
       cancel (it swallows cancellation, or its cleanup hangs), raise TimeoutError
       with the task's name (``task.get_name()``) in the message instead of hanging.
-    - If the *caller* of cancel_and_wait() is cancelled while it waits, the caller
-      must end cancelled too. Careful: ``await task`` raises the task's
+    - If the *caller* of cancel_and_wait() is cancelled while it waits, it keeps
+      waiting until the task has ended (at most ``timeout_s``, when given), absorbing
+      further cancels the same way, and then raises CancelledError: it never returns
+      or raises while the task it cancelled still runs (``asyncio.TaskGroup`` does the
+      same on exit). Do not ``uncancel()``: the caller's ``cancelling()`` count stays
+      as the cancels left it. Careful: ``await task`` raises the task's
       CancelledError in your code, where nothing tells it from a cancel aimed at you.
     """
     raise NotImplementedError("Exercise 1.2: cancel_and_wait")
@@ -79,7 +86,7 @@ async def supervise(
     - The child returns a value: return it.
     - The child crashes (raises an Exception): wait, then start a new one. The
       waits grow: ``base_delay_s``, then twice that, then four times..., never
-      more than ``max_delay_s``.
+      more than ``max_delay_s``, however many restarts (thousands included).
     - After ``max_restarts`` restarts, the next crash is final: raise that last
       error at once (no wait first). ``max_restarts=0`` never restarts.
     - supervise() itself is cancelled: the running child gets the cancel, its
@@ -87,5 +94,9 @@ async def supervise(
       between restarts: no new child is started after a cancel.
     - A CancelledError is not a crash, even one the child raises by itself:
       never restart on it, let it go on.
+    - supervise() is cancelled and the child's cleanup then crashes (its exception
+      replaces the CancelledError): no restart after a cancel; raise that error.
+      A cancel request left over from before supervise() began is not a cancel of
+      supervise(): crashes after it are restarted as usual.
     """
     raise NotImplementedError("Exercise 1.3: supervise")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 from typing import Any
 
 import pytest
@@ -178,23 +179,93 @@ async def test_worker_cancelled_while_waiting_hands_nothing_back(ex):
         )
 
 
+async def _cancel_during_the_hand_back(bench: _Bench, cancels: int, every_s: float) -> list:
+    """Cancel the worker at 2 s, mid-job (a 5 s job), then ``cancels - 1`` more times,
+    ``every_s`` apart, while its 1 s requeue() runs. Returns [(time the worker task
+    ended, jobs handed back by then)], recorded by a done callback the moment it ends."""
+    ended: list[tuple[float, list[float]]] = []
+    bench.jobs.put_nowait(5)
+    await asyncio.sleep(2)
+    bench.assert_running()
+    bench.task.add_done_callback(lambda _: ended.append((_now(), list(bench.handed_back))))
+    bench.task.cancel()
+    for _ in range(cancels - 1):
+        await asyncio.sleep(every_s)
+        if bench.task.done():
+            break
+        bench.task.cancel()
+    await bench.wait_until_ended()
+    return ended
+
+
+def _assert_ended_after_the_hand_back(ended: list, cancels: int) -> None:
+    (when, handed_back), = ended
+    assert handed_back == [5], (
+        f"after {cancels} cancels the worker ended at {when:g} s, before requeue() had finished "
+        "(at 3 s): a second cancel ended it while the hand-back ran on, owned by nobody. "
+        "asyncio.run() cancels such leftover tasks on its way out, and the job is lost. Hold "
+        "the hand-back in a task and keep waiting for it (through shield) until it is done, "
+        "however many cancels arrive; then raise"
+    )
+
+
 @pytest.mark.exercise("1.1")
-async def test_worker_cancelled_again_during_the_requeue_loses_nothing(ex):
-    """A second cancel() during requeue() loses no job, and the worker still ends cancelled."""
+async def test_worker_cancelled_twice_ends_only_after_the_requeue(ex):
+    """A second cancel() during requeue(): the worker still ends only once the job is back."""
     async with _bench(ex) as bench:
-        bench.jobs.put_nowait(5)
-        await asyncio.sleep(2)
-        bench.assert_running()
-        bench.task.cancel()
-        await asyncio.sleep(0.5)  # requeue() is halfway through
-        bench.task.cancel()
-        await bench.wait_until_ended()
+        ended = await _cancel_during_the_hand_back(bench, cancels=2, every_s=0.5)
+        _assert_ended_after_the_hand_back(ended, 2)
         bench.assert_cancelled()
-        await asyncio.sleep(10)  # time for a requeue still on its way
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_cancelled_twice_then_shut_down_loses_nothing(ex):
+    """A second cancel(), then a shutdown as asyncio.run() does it: the job is not lost."""
+    async with _bench(ex) as bench:
+        before = {t for t in asyncio.all_tasks() if t is not bench.task}
+        await _cancel_during_the_hand_back(bench, cancels=2, every_s=0.5)
+        # asyncio.run() ends by cancelling every task still running: do the same.
+        leftovers = {t for t in asyncio.all_tasks() if not t.done()} - before
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=60)
+        await asyncio.sleep(10)
         assert bench.handed_back == [5], (
-            f"jobs handed back: {bench.handed_back!r}, expected [5]: the second cancel cut the "
-            "requeue short (asyncio.shield protects it)"
+            f"jobs handed back: {bench.handed_back!r}, expected [5]: after a second cancel the "
+            "worker ended and left its requeue() running unowned; the shutdown cancelled it and "
+            "the job was lost (an `await asyncio.shield(...)` once, then `raise`, does that)"
         )
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_cancelled_three_times_hands_the_job_back_once(ex):
+    """Three cancels during requeue(): the job is handed back exactly once, the worker ends
+    cancelled, after the hand-back."""
+    async with _bench(ex) as bench:
+        ended = await _cancel_during_the_hand_back(bench, cancels=3, every_s=0.3)
+        await asyncio.sleep(10)
+        assert bench.handed_back == [5], (
+            f"jobs handed back after three cancels: {bench.handed_back!r}, expected [5] (exactly "
+            "once): did a third cancel reach requeue() itself (an `await` on it without "
+            "shield), or did each cancel start a new requeue()?"
+        )
+        _assert_ended_after_the_hand_back(ended, 3)
+        bench.assert_cancelled()
+
+
+@pytest.mark.exercise("1.1")
+async def test_worker_under_a_burst_of_1000_cancels_hands_back_once(ex):
+    """1,000 cancels, 1 ms apart, during requeue(): handed back exactly once, ends cancelled."""
+    async with _bench(ex) as bench:
+        ended = await _cancel_during_the_hand_back(bench, cancels=1000, every_s=0.001)
+        await asyncio.sleep(10)
+        assert bench.handed_back == [5], (
+            f"jobs handed back under 1,000 cancels: {bench.handed_back!r}, expected [5] "
+            "(exactly once): start the hand-back once, then only wait for it"
+        )
+        _assert_ended_after_the_hand_back(ended, 1000)
+        bench.assert_cancelled()
 
 
 # --- 1.2 cancel_and_wait -----------------------------------------------------------------
@@ -382,6 +453,138 @@ async def test_cancel_and_wait_lets_the_callers_own_cancel_through(ex):
         )
 
 
+async def _caller_cancelled_during_cleanup(
+    ex, tasks: _Tasks, cancel_at: list[float], *, cleanup_s: float = 10, timeout_s=None,
+    resist_s: float | None = None,
+) -> dict[str, Any]:
+    """A task is cancelled by cancel_and_wait() at 1 s and cleans up for ``cleanup_s``
+    (or resists for ``resist_s``); its caller is cancelled at each time in ``cancel_at``.
+    Returns what the caller saw: when it ended, whether the task had ended by then, how,
+    and the caller's cancelling() count when the CancelledError reached it."""
+    seen: dict[str, Any] = {}
+    body = _stubborn(resist_s) if resist_s is not None else _sleeper(cleanup_s=cleanup_s)
+    task = await _started(tasks.start(body))
+
+    async def caller():
+        try:
+            return await ex.cancel_and_wait(task, timeout_s=timeout_s)
+        except asyncio.CancelledError:
+            seen["cancelling"] = asyncio.current_task().cancelling()
+            raise
+        finally:
+            seen["ended_at"] = _now()
+            seen["task_done"] = task.done()
+
+    start = seen["started_at"] = _now()
+    calling = tasks.start(caller())
+    for at in cancel_at:
+        await asyncio.sleep(start + at - _now())
+        _raise_if_failed(calling)
+        if calling.done():
+            break
+        calling.cancel()
+    await asyncio.wait({calling}, timeout=120)
+    assert calling.done(), "the cancelled caller was still waiting 120 s later"
+    seen["caller"] = calling
+    return seen
+
+
+def _assert_caller_ended_cancelled(seen: dict[str, Any]) -> None:
+    caller = seen["caller"]
+    _raise_if_failed(caller)
+    assert caller.cancelled(), (
+        f"the caller was cancelled, but cancel_and_wait() returned {caller.result()!r}: it "
+        "swallowed the caller's own CancelledError (is it `await task`?). Keep waiting, then "
+        "raise CancelledError"
+    )
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_cancelled_caller_waits_for_the_cleanup_first(ex):
+    """The caller cancelled during the task's cleanup: it waits until the task has ended, then
+    ends cancelled."""
+    async with _Tasks() as tasks:
+        seen = await _caller_cancelled_during_cleanup(ex, tasks, cancel_at=[1])
+        assert seen["task_done"], (
+            f"the caller ended {seen['ended_at'] - seen['started_at'] - 1:g} s after its cancel, "
+            "while the task it "
+            "had cancelled was still running its cleanup (still running: 10 s in all). Never "
+            "leave a task you cancelled running: keep waiting for it, then raise "
+            "CancelledError (as TaskGroup does)"
+        )
+        _assert_caller_ended_cancelled(seen)
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_absorbs_a_second_cancel_of_the_caller(ex):
+    """The caller cancelled twice during the task's cleanup: still waits for the task, ends
+    cancelled, and its cancelling() count is left at 2 (no uncancel())."""
+    async with _Tasks() as tasks:
+        seen = await _caller_cancelled_during_cleanup(ex, tasks, cancel_at=[1, 3])
+        assert seen["task_done"], (
+            "after a second cancel of the caller, cancel_and_wait() gave up while the task "
+            "was still cleaning up: absorb every further cancel the same way, in a loop"
+        )
+        _assert_caller_ended_cancelled(seen)
+        assert seen.get("cancelling") == 2, (
+            f"the caller's cancelling() was {seen.get('cancelling')!r} when its CancelledError "
+            "arrived, expected 2 (two cancels): do not uncancel() a cancel aimed at the caller"
+        )
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_cancelled_caller_is_bounded_by_timeout_s(ex):
+    """The caller cancelled while a stubborn task resists: it waits at most timeout_s, then
+    ends cancelled."""
+    async with _Tasks() as tasks:
+        seen = await _caller_cancelled_during_cleanup(
+            ex, tasks, cancel_at=[1, 2], timeout_s=5, resist_s=100
+        )
+        took = seen["ended_at"] - seen["started_at"]
+        assert took == pytest.approx(5), (
+            f"the cancelled caller ended {took:g} s after cancel_and_wait() began; with "
+            "timeout_s=5 it should wait for the task up to 5 s, no less and no more"
+        )
+        _assert_caller_ended_cancelled(seen)
+
+
+@pytest.mark.exercise("1.2")
+async def test_cancel_and_wait_1000_callers_cancelled_twice_leave_nothing_running(ex):
+    """1,000 tasks, each cancelled by cancel_and_wait() whose caller is then cancelled twice:
+    every caller ends cancelled, and only after its task has ended."""
+    async with _Tasks() as tasks:
+        n = 1000
+        ended_early: list[int] = []
+        targets = [tasks.start(_sleeper(cleanup_s=1 + i % 7)) for i in range(n)]
+        await asyncio.sleep(1)
+
+        async def caller(i):
+            try:
+                return await ex.cancel_and_wait(targets[i])
+            finally:
+                if not targets[i].done():
+                    ended_early.append(i)
+
+        callers = [tasks.start(caller(i)) for i in range(n)]
+        for delay_s in (0.5, 0.5):
+            await asyncio.sleep(delay_s)
+            for c in callers:
+                c.cancel()
+        await asyncio.wait(callers, timeout=120)
+        assert all(c.done() for c in callers), "callers were still waiting 120 s later"
+        for c in callers:
+            _raise_if_failed(c)
+        assert not ended_early, (
+            f"{len(ended_early)} of {n} cancelled callers ended while their task was still "
+            "cleaning up: keep waiting for it through every cancel"
+        )
+        returned = sum(not c.cancelled() for c in callers)
+        assert returned == 0, (
+            f"{returned} of {n} cancelled callers returned normally: raise CancelledError once "
+            "the task has ended"
+        )
+
+
 # --- 1.3 supervise -----------------------------------------------------------------------
 
 
@@ -566,3 +769,120 @@ async def test_supervise_does_not_restart_a_child_raising_cancellederror(ex):
         _raise_if_failed(supervisor)
         assert starts == [0], f"children started at {starts!r}: a CancelledError is not a crash"
         assert supervisor.cancelled(), "the child's CancelledError should come out of supervise()"
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_survives_1200_restarts(ex):
+    """1,200 crashes in a row (base_delay_s=0.001, max_delay_s=1): no OverflowError, the waits
+    stay capped at 1 s, and the 1,201st child's result comes back."""
+    children = _Children(crashes=1200)
+    try:
+        result = await _within(
+            5000,
+            _supervise(ex, children, max_restarts=2000, base_delay_s=0.001, max_delay_s=1.0),
+            _SUPERVISE_HANGS.format(5000),
+        )
+    except OverflowError as exc:
+        pytest.fail(
+            f"OverflowError ({exc}) after {len(children.starts)} starts: base_delay_s * "
+            "2**restarts is too large for a float past about 1,024 restarts. Cap the exponent, "
+            "or keep the delay and double it, capped, after each wait"
+        )
+    assert result == "ok", f"returned {result!r}, expected the last child's 'ok'"
+    assert len(children.starts) == 1201, f"{len(children.starts)} starts, expected 1201"
+    gaps = {round(b - a, 6) for a, b in itertools.pairwise(children.starts[20:])}
+    assert gaps == {1.0}, f"late waits were {sorted(gaps)!r} s, expected max_delay_s = 1 s"
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_cancelled_twice_during_the_childs_cleanup(ex):
+    """A second cancel during the child's cleanup: supervise() ends cancelled, no restart,
+    no child left running."""
+    async with _Tasks() as tasks:
+        children = _Children(run_s=1000, cleanup_s=5)
+        supervisor = tasks.start(_supervise(ex, children))
+        await asyncio.sleep(5)
+        _raise_if_failed(supervisor)
+        supervisor.cancel()
+        await asyncio.sleep(1)  # the child is cleaning up
+        _raise_if_failed(supervisor)
+        supervisor.cancel()
+        await asyncio.wait({supervisor}, timeout=60)
+        assert supervisor.done(), "supervise() was still running 60 s after a second cancel()"
+        await asyncio.sleep(100)
+        _raise_if_failed(supervisor)
+        assert supervisor.cancelled(), "supervise() should end cancelled when it is cancelled"
+        assert children.starts == [0], (
+            f"children started at {children.starts!r}: no restart after a cancel"
+        )
+        assert children.running == 0, "a child was left running after supervise() ended"
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_does_not_restart_a_child_whose_cleanup_crashes_after_a_cancel(ex):
+    """Cancelled, and the child's cleanup then crashes (ValueError): not restarted; that
+    error comes out (or supervise() ends cancelled)."""
+    async with _Tasks() as tasks:
+        starts: list[float] = []
+
+        async def child():
+            starts.append(_now())
+            try:
+                await asyncio.sleep(1000)
+            except asyncio.CancelledError:
+                await asyncio.sleep(1)
+                raise ValueError("cleanup crashed") from None
+
+        supervisor = tasks.start(
+            ex.supervise(child, max_restarts=5, base_delay_s=1, max_delay_s=10)
+        )
+        await asyncio.sleep(5)
+        _raise_if_failed(supervisor)
+        supervisor.cancel()
+        await asyncio.wait({supervisor}, timeout=60)
+        await asyncio.sleep(100)
+        assert starts == [0], (
+            f"children started at {starts!r}: supervise() was cancelled, and the child's cleanup "
+            "then crashed; that is no crash to restart after a cancel. Tell it apart by "
+            "asyncio.current_task().cancelling(), compared with its value when supervise() began"
+        )
+        assert supervisor.done(), "supervise() was still running 100 s after cancel()"
+        if not supervisor.cancelled():
+            with pytest.raises(ValueError, match="cleanup crashed"):
+                supervisor.result()
+
+
+@pytest.mark.exercise("1.3")
+async def test_supervise_restarts_despite_a_leftover_cancel_request(ex):
+    """A cancel request left over from before supervise() began (cancelling() == 1) is not
+    ours: crashes are still restarted."""
+    children = _Children(crashes=2)
+
+    async def in_a_task_with_a_leftover_request():
+        me = asyncio.current_task()
+        me.cancel()
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            pass  # swallowed without uncancel(): cancelling() stays at 1
+        assert me.cancelling() == 1, "(test setup) cancelling() should be 1"
+        return await _supervise(ex, children)
+
+    try:
+        result = await _within(
+            600,
+            asyncio.create_task(in_a_task_with_a_leftover_request()),
+            _SUPERVISE_HANGS.format(600),
+        )
+    except ValueError as exc:
+        pytest.fail(
+            f"supervise() raised {exc!r} at the first crash instead of restarting: the task's "
+            "cancelling() was already 1 when supervise() began (a request someone else left), "
+            "which is not a cancel of supervise(). Compare cancelling() with its value on "
+            "entry, as asyncio.timeout does"
+        )
+    assert result == "ok", (
+        f"returned {result!r}: a request from before supervise() began is not a cancel of "
+        "supervise(); compare cancelling() with its value on entry, as asyncio.timeout does"
+    )
+    assert len(children.starts) == 3, f"{len(children.starts)} children started, expected 3"
