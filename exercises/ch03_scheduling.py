@@ -35,6 +35,8 @@ class SmoothWRR(Generic[K]):
       exactly its weight's number of times, and it starts over.
     - Weights must be positive ints (not 0, not negative, not 1.5): ValueError
       otherwise. No keys at all (``{}``): ValueError.
+    - Keys are any hashable: ``0``, ``None`` and ``("x", 1)`` are keys like ``"a"``.
+    - Keep a copy of the weights: the caller changing its dict afterwards changes nothing.
     """
 
     def __init__(self, weights: Mapping[K, int]) -> None:
@@ -76,6 +78,7 @@ class InterleavedWRR(Generic[K]):
       never used up (the article's version subtracts from them, and once they run
       out its ``while True`` spins forever). ``take(1000)`` works for any weights.
     - Weights must be positive ints: ValueError otherwise; ``{}``: ValueError.
+    - Keys are any hashable, and the weights are copied, as in SmoothWRR.
     """
 
     def __init__(self, weights: Mapping[K, int]) -> None:
@@ -121,6 +124,12 @@ class PriorityPool:
       running ones are cancelled, and close() returns once they have ended (their
       ``finally:`` blocks have run). After close(), ``submit()`` raises RuntimeError
       (and closes the coroutine it was given).
+    - Two tasks may close the pool: the jobs are cancelled once (a second cancel would
+      cut their cleanup short), and every close() waits until they have ended. If the
+      task calling close() is cancelled, close() stops waiting at once (the jobs are
+      cancelled already) and a later close() still waits for them. Cancelling a task
+      that waits in join() cancels no job: join() only waits.
+    - 1,000 jobs in a row work as well as 10.
     - ``concurrency`` below 1: ValueError.
     """
 
@@ -156,7 +165,9 @@ class TokenBucket:
       or returns False at once, taking nothing. It never jumps the line: while
       anyone is waiting, it returns False.
     - A waiter that is cancelled leaves the line without taking any token, and
-      those behind it move up (and are served at once if the tokens are there).
+      those behind it move up (and are served at once if the tokens are there). That
+      holds even when the cancel comes just after it was served, before its task could
+      resume: it gives the tokens back.
     - ``n`` must be between 1 and ``capacity`` (more could never be served):
       ValueError otherwise, from acquire() and try_acquire() alike.
     """

@@ -265,9 +265,9 @@ def _assert_keeps_its_own_weights(ex, cls_name: str) -> None:
     del given["b"]
     got += _picks(ex, wrr, 25, what)
     assert got == expected, (
-        f"{what}: after the caller changed its dict (a=1, d added, b removed), picks 6-30 "
-        f"were {_show(got[5:])!r}, expected {_show(expected[5:])!r}: keep a copy of the "
-        "weights (dict(weights)) in __init__, so that nobody else's dict changes the cycle"
+        f"keep a copy of the weights (dict(weights)) in __init__: once the caller changed "
+        f"the dict it gave {cls_name} (a=1, d added, b removed), picks 6-30 were "
+        f"{_show(got[5:])!r}, expected {_show(expected[5:])!r}"
     )
 
 
@@ -277,7 +277,7 @@ _ODD_KEYS: list[Any] = [0, 1, "a", ("x", 1), None, frozenset({2}), 2.5, b"k"]
 def _assert_many_keys(ex, cls_name: str, step_of) -> None:
     """120 keys of every hashable kind (ints, tuples, None...), weights 1-9, two cycles."""
     weights = {key: 1 + (7 * i) % 9 for i, key in enumerate(_ODD_KEYS + list(range(2, 114)))}
-    what = f"{cls_name}(120 keys: 0, 1, 'a', ('x', 1), None, ..., weights 1-9)"
+    what = f"{cls_name}(120 keys: 0, None, ('x', 1)...)"
     step = step_of(weights)
     length = sum(weights.values()) // step
     try:
@@ -293,8 +293,9 @@ def _assert_many_keys(ex, cls_name: str, step_of) -> None:
         counts = Counter(picks[c * length : (c + 1) * length])
         wrong = {k: (counts[k], n) for k, n in expected.items() if counts[k] != n}
         assert not wrong, (
-            f"{what}: in cycle {c + 1} ({length} picks) some keys came up the wrong number "
-            f"of times, (got, expected): {dict(list(wrong.items())[:5])}"
+            f"{what}: is a key such as None or 0 taken for 'no best key yet' (`best = "
+            f"None`, `if not best`)? In cycle {c + 1} ({length} picks) some keys came up "
+            f"the wrong number of times, (got, expected): {dict(list(wrong.items())[:5])}"
         )
 
 
@@ -937,10 +938,9 @@ async def test_pool_close_from_two_tasks_cancels_the_jobs_once(ex):
         await _closed_by(second, 60, "the second close()")
         cleaned = jobs.times("cleaned up")
         assert cleaned == {"r1": 7, "r2": 7}, (
-            f"the jobs' 2 s cleanup, begun at 5 s, ended at {cleaned or 'never'} s, expected "
-            "7 s: the second close() cancelled the jobs again, in the middle of their "
-            "cleanup. Cancel each running job once (the first close()); a second close() "
-            "only waits"
+            "the second close() cancelled the jobs again, in the middle of their 2 s "
+            f"cleanup (it ended at {cleaned or 'never'} s, expected 7 s): cancel each "
+            "running job once; a second close() only waits"
         )
         assert _now() == 7, (
             f"the second close() returned at {_now():g} s, expected 7 s, when the jobs' "
@@ -971,12 +971,18 @@ async def test_pool_close_cancelled_while_it_waits_then_close_again(ex):
         )
         second = _closing(pool, "close() again")
         await _closed_by(second, 60, "close() again, after a cancelled close(),")
-        assert _now() == 7 and jobs.times("cleaned up") == {"r1": 7, "r2": 7}, (
-            f"close() again, at 6 s, returned at {_now():g} s; the jobs' cleanup ended at "
-            f"{jobs.times('cleaned up') or 'never'} s; expected both at 7 s: after a close() "
-            "that was cancelled, close() again still waits until the running jobs have "
-            "ended (do not return early because the pool is closed already), and does not "
-            "cancel them a second time"
+        cleaned = jobs.times("cleaned up")
+        assert all(t == 7 for t in cleaned.values()), (
+            f"close() again, at 6 s, cut the jobs' 2 s cleanup short (it ended at {cleaned} "
+            "s, expected 7 s): a second close() only waits, it does not cancel the jobs again"
+        )
+        assert _now() == 7, (
+            f"close() again returned at {_now():g} s, before the jobs' cleanup ended at 7 s: "
+            "do not return early because the pool is closed already; every close() waits "
+            "for the running jobs"
+        )
+        assert cleaned == {"r1": 7, "r2": 7}, (
+            f"the jobs' cleanup ended at {cleaned} s, expected both at 7 s"
         )
         assert all(f.cancelled() for f in futures), "the running jobs' futures were not cancelled"
 
@@ -994,9 +1000,9 @@ async def test_pool_join_cancelled_leaves_the_jobs_running(ex):
         await asyncio.wait({joiner}, timeout=60)
         cancelled = sorted(jobs.times("cancelled"))
         assert not cancelled, (
-            f"cancelling join() at 1 s cancelled the jobs {cancelled}: join() only waits. "
-            "asyncio.gather() cancels everything it gathers when it is cancelled; wait on an "
-            "asyncio.Event, or with asyncio.wait(), which cancel nothing"
+            f"join() only waits, but cancelling it cancelled the jobs {cancelled}: a "
+            "cancelled asyncio.gather() cancels what it gathers; wait on an asyncio.Event, "
+            "or with asyncio.wait()"
         )
         await _all_done(futures, 60)
         got = [_outcome_of(f) for f in futures]
@@ -1020,10 +1026,9 @@ async def test_pool_runs_a_thousand_jobs_one_after_another(ex):
         bad = [(i, _outcome_of(f)) for i, f in enumerate(futures)
                if not (f.done() and not f.cancelled() and f.exception() is None)]  # fmt: skip
         assert not bad, (
-            f"{len(bad)} of 1,000 jobs did not get their result, the first {bad[:2]}: with "
-            "1,000 jobs, does each job's task start the next one by awaiting it (the chain "
-            "of awaits grows with every job, up to a RecursionError)? Start the next job in "
-            "a new task, from a done callback"
+            f"{len(bad)} of 1,000 jobs got no result: does a job's task await the next job "
+            "(a chain of awaits that grows per job, up to RecursionError)? Start each in a "
+            f"new task. The first: {bad[:2]}"
         )
         results = [f.result() for f in futures]
         assert results == list(range(1000)) and _now() == 10, (
@@ -1076,8 +1081,8 @@ async def test_bucket_serves_concurrent_waiters_in_order(ex):
             _raise_if_failed(task)
         expected = [(t, f"t{i}") for i, t in enumerate([0] * 5 + [0.5, 1, 1.5, 2, 2.5])]
         assert log == expected, (
-            f"the waiters got their token: {log}; expected t0-t4 at 0 s, then t5, t6, ... "
-            "every 0.5 s"
+            f"first come, first served: expected t0-t4 at 0 s, then t5, t6, ... every 0.5 s; "
+            f"the waiters got their token: {log}"
         )
 
 
@@ -1093,8 +1098,8 @@ async def test_bucket_never_holds_more_than_capacity(ex):
         await _within(60, bucket.acquire(), _ACQUIRE_HANGS.format(60))
         times.append(round(_now() - 100, 6))
     assert times == [0, 0, 0, 0, 0, 0.5], (
-        f"after 100 s idle, 6 acquire() returned at +{times} s, expected 5 at once, then "
-        "+0.5 s: tokens never pile up above capacity"
+        f"tokens never pile up above capacity: after 100 s idle, 6 acquire() returned at "
+        f"+{times} s, expected 5 at once, then +0.5 s"
     )
 
 
@@ -1115,9 +1120,8 @@ async def test_bucket_does_not_let_small_requests_overtake_a_large_one(ex):
         for task in started:
             _raise_if_failed(task)
         assert _when(log) == {"big": 4, "small1": 5, "small2": 6}, (
-            f"served at {_when(log)} s, expected big at 4, small1 at 5, small2 at 6: the "
-            "small requests came later, so they wait behind the big one (first come, "
-            "first served)"
+            f"first come, first served: acquire(4), then two acquire(1), were served at "
+            f"{_when(log)} s, expected big at 4, small1 at 5, small2 at 6 (no overtaking)"
         )
 
 
@@ -1200,9 +1204,9 @@ async def test_bucket_cancelled_waiter_does_not_hold_up_the_line(ex):
         await asyncio.wait({small}, timeout=60)
         _raise_if_failed(small)
         assert _when(log).get("small") == 2, (
-            f"acquire(1) behind the cancelled acquire(5) was served at {_when(log).get('small')} "
-            "s, expected at once, at 2 s (2 tokens were there): a cancelled waiter leaves the "
-            "line, and the next one moves up"
+            "a cancelled waiter leaves the line, and the next one moves up: acquire(1) behind "
+            f"the cancelled acquire(5) was served at {_when(log).get('small')} s, expected at "
+            "once, at 2 s (2 tokens were there)"
         )
 
 
@@ -1248,12 +1252,14 @@ async def test_bucket_waiter_cancelled_as_it_is_served_gives_its_tokens_back(ex)
         small.cancel()  # ...and cancelled before it could resume and return
         await asyncio.wait({big, small}, timeout=60)
         _raise_if_failed(small)
-        assert "small" not in _when(log) or small.cancelled(), "acquire(1) returned"
+        assert "small" not in _when(log), (
+            f"first come, first served: acquire(1) returned at {_when(log)['small']:g} s, "
+            "while acquire(5), ahead of it in the line, was still waiting"
+        )
         assert bucket.try_acquire(2) is True, (
-            "at 2 s, with 2 tokens refilled, try_acquire(2) was False after acquire(1) was "
-            "cancelled just as it was served: its token was lost. A waiter whose future "
-            "already has its result when the CancelledError arrives was served: give its "
-            "tokens back before re-raising"
+            "acquire(1), cancelled just as it was served, kept its token (at 2 s "
+            "try_acquire(2) was False): if its future has a result when the CancelledError "
+            "comes, give the tokens back"
         )
 
 
@@ -1270,9 +1276,9 @@ async def test_bucket_serves_a_thousand_waiters_in_order_at_its_rate(ex):
             _raise_if_failed(task)
         names = [name for _, name in log]
         assert names == [f"t{i}" for i in range(1000)], (
-            f"{len(names)} of 1,000 waiters were served, the first out of order at position "
-            f"{next((i for i, n in enumerate(names) if n != f't{i}'), len(names))}: first "
-            "come, first served"
+            f"first come, first served: {len(names)} of 1,000 waiters were served, the first "
+            "out of order at position "
+            f"{next((i for i, n in enumerate(names) if n != f't{i}'), len(names))}"
         )
         late = [(name, t) for i, (t, name) in enumerate(log)
                 if abs(t - max(0, i - 9) / 100) > 1e-6]  # fmt: skip
