@@ -4,12 +4,14 @@ Chapter 0 runs this script in a subprocess, so the global patch it applies
 never reaches the notebook's kernel:
 
     python -m course_lib.examples.nest_asyncio_demo show
+    python -m course_lib.examples.nest_asyncio_demo show --module nest_asyncio2
     python -m course_lib.examples.nest_asyncio_demo measure --patch
     python -m course_lib.examples.nest_asyncio_demo measure --no-patch
 
-``show`` prints, line by line, what changes after ``nest_asyncio.apply()``;
-``measure`` prints the median cost of creating and awaiting one task, in
-microseconds, as JSON.
+``show`` prints, line by line, what changes after ``nest_asyncio.apply()``
+(``--module nest_asyncio2``: the maintained fork, which on Python 3.14+ keeps
+the C Task); ``measure`` prints the median cost of creating and awaiting one
+task, in microseconds, as JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = ["main"]
 
 import argparse
 import asyncio
+import importlib
 import json
 import statistics
 import sys
@@ -38,13 +41,14 @@ def _try(label: str, call) -> None:
         print(f"{label}: {type(exc).__name__}: {exc}")
 
 
-async def _show() -> None:
-    import nest_asyncio
+async def _show(module: str) -> None:
+    nest_asyncio = importlib.import_module(module)
 
     def runner_run(coro):
         with asyncio.Runner() as runner:
             return runner.run(coro)
 
+    print(f"{module} on Python {sys.version_info.major}.{sys.version_info.minor}")
     print(f"Task class before apply(): {asyncio.Task.__module__}.{asyncio.Task.__qualname__}")
     _try("asyncio.run() inside a running loop, before apply()", asyncio.run)
     nest_asyncio.apply()
@@ -59,7 +63,7 @@ async def _show() -> None:
         try:
             nest_asyncio.apply(uvloop.new_event_loop())
         except ValueError as exc:
-            print(f"nest_asyncio.apply(uvloop loop): ValueError: {exc}")
+            print(f"{module}.apply(uvloop loop): ValueError: {exc}")
 
 
 async def _noop() -> None:
@@ -85,7 +89,8 @@ async def _measure(tasks: int, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("show", help="print what apply() changes")
+    show = sub.add_parser("show", help="print what apply() changes")
+    show.add_argument("--module", choices=["nest_asyncio", "nest_asyncio2"], default="nest_asyncio")
     measure = sub.add_parser("measure", help="time task creation, print JSON")
     measure.add_argument("--patch", action=argparse.BooleanOptionalAction, default=False)
     measure.add_argument("--tasks", type=int, default=20_000)
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "show":
-        asyncio.run(_show(), debug=False)
+        asyncio.run(_show(args.module), debug=False)
         return 0
     if args.patch:
         import nest_asyncio

@@ -40,3 +40,12 @@ def test_measure_reports_which_task_class_ran():
     assert patched["task_class"] == "asyncio.tasks.Task"
     assert plain["task_class"] == "_asyncio.Task"
     assert patched["median_us"] > 0 and plain["median_us"] > 0
+
+
+def test_the_fork_nest_asyncio2_swaps_the_task_class_before_python_3_14_only():
+    out = _run("show", "--module", "nest_asyncio2")
+    assert f"nest_asyncio2 on Python {sys.version_info.major}.{sys.version_info.minor}" in out
+    assert "asyncio.run() inside a running loop, after apply(): ran" in out
+    # nest-asyncio2 skips the pure-Python Task on 3.14+: it would break current_task().
+    after = "asyncio.tasks.Task" if sys.version_info < (3, 14) else "_asyncio.Task"
+    assert f"Task class after apply():  {after}" in out
