@@ -13,13 +13,17 @@ LAB_ARGS ?=
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 PYTEST_ARGS ?=
+# `make nbval` only: `make test` runs each notebook once, in JupyterLab, and judges that
+# run with nbval's comparison and more (tests/notebooks/test_notebooks_run_clean.py).
 NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120
 
-.PHONY: help lab test test-all grade bench clean
+.PHONY: help lab test nbval test-all grade bench clean
 
 help:
 	@echo "make lab       open JupyterLab on chapter 0 (LAB_ARGS='--no-browser --port 8899')"
-	@echo "make test      ruff, library and grading tests, integrity check, notebooks (nbval + nbclient)"
+	@echo "make test      ruff, library and grading tests, integrity check, notebooks (Run All in"
+	@echo "               JupyterLab in headless Chromium; nbclient when Chromium is missing)"
+	@echo "make nbval     the notebooks under nbval alone (not part of make test)"
 	@echo "make grade     the grade table for exercises/ (TARGET=solutions or a folder)"
 	@echo "make bench     run benchmarks/*.py (JSON results in benchmarks/results/)"
 	@echo "make test-all  library and grading tests on every CPython >= 3.11 found"
@@ -44,7 +48,10 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --target solutions $(NBVAL_ARGS) $(PYTEST_ARGS) tests notebooks
+	$(BIN)/python -m pytest --target solutions $(PYTEST_ARGS) tests
+
+nbval: $(STAMP)
+	$(BIN)/python -m pytest $(NBVAL_ARGS) $(PYTEST_ARGS) notebooks
 
 TARGET ?= exercises
 grade: $(STAMP)
