@@ -8,6 +8,16 @@ One idea: a task you start is a task you must see end.
   (grace period, then cancel with a hard deadline) that returns a ``ShutdownReport``.
 - ``GracefulShutdown`` turns SIGINT/SIGTERM into a stop request; ``serve()`` waits
   for it, then closes a ``BackgroundTasks`` in two steps.
+
+One rule for a caller cancelled during cleanup, here (``cancel_and_wait``,
+``BackgroundTasks.close()``, ``serve()``) and in ``course_lib.timeouts.first_completed``:
+a helper that has started or cancelled tasks never returns or raises while they
+still run. If the caller is cancelled while the helper waits for that cleanup, the
+helper keeps waiting until every such task has ended (bounded only by the helper's
+own timeout argument, when it has one), absorbing further cancels the same way, and
+then raises CancelledError to its caller (no ``uncancel()``: the caller's
+``cancelling()`` count stays as the cancels left it). This is what
+``asyncio.TaskGroup`` does on exit.
 """
 
 __all__ = ["BackgroundTasks", "GracefulShutdown", "ShutdownReport", "cancel_and_wait", "serve"]
@@ -43,10 +53,13 @@ async def cancel_and_wait(
     cancellation, or its cleanup hangs) raises TimeoutError naming the task; the task
     keeps running, and an exception it ends with later is logged, not lost.
 
-    If the caller is cancelled while waiting, its CancelledError propagates at once;
-    the task, already cancelled, finishes its cleanup on its own (failures logged).
-    Like TaskGroup and asyncio.timeout, this always calls ``cancel()``: a task already
-    cleaning up from an earlier cancel gets another CancelledError at its next await.
+    If the caller is cancelled while waiting, the wait goes on until the task has
+    ended (or ``timeout_s`` has passed), further cancels included, and then the
+    caller's CancelledError is raised, not the task's outcome: a failure of the task
+    is logged then. So after the CancelledError the task is no longer running (unless
+    it outlived ``timeout_s``, which is logged). Like TaskGroup and asyncio.timeout,
+    this always calls ``cancel()``: a task already cleaning up from an earlier cancel
+    gets another CancelledError at its next await.
     """
     if task is asyncio.current_task():
         raise RuntimeError(f"cancel_and_wait() cannot cancel the task that awaits it: {task!r}")
@@ -54,22 +67,24 @@ async def cancel_and_wait(
         raise ValueError(f"timeout_s must be >= 0 or None, not {timeout_s!r}")
     if not task.done():
         task.cancel(msg)
-        # asyncio.wait(), not `await task`: awaiting a cancelled task raises *its*
-        # CancelledError in our frame, where nothing tells it from a cancel aimed at
-        # us. wait() never raises the task's outcome and never cancels the task, so a
-        # CancelledError out of it is ours, and our timeout needs no self-cancel (and
-        # so no uncancel() bookkeeping).
-        try:
-            await asyncio.wait({task}, timeout=timeout_s)
-        except BaseException:
-            task.add_done_callback(_log_if_failed)  # nobody will await it now
-            raise
+        loop = asyncio.get_running_loop()
+        until = None if timeout_s is None else loop.time() + timeout_s
+        ours = await _wait_through_cancels({task}, until)
         if not task.done():
-            task.add_done_callback(_log_if_failed)
+            task.add_done_callback(_log_if_failed)  # nobody will await it now
+            if ours is not None:
+                logger.warning("task %r still running %s s after cancel_and_wait() cancelled "
+                               "it, at %s", task.get_name(), timeout_s, _where(task))
+                raise ours
             raise TimeoutError(
                 f"task {task.get_name()!r} still running {timeout_s} s after cancel(): it "
                 f"suppresses cancellation or its cleanup hangs (at {_where(task)})"
             )
+        if ours is not None:
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                logger.error("task %r failed while cancel_and_wait()'s caller was cancelled",
+                             task.get_name(), exc_info=exc)
+            raise ours
     if task.cancelled():
         return True
     exc = task.exception()
@@ -192,8 +207,13 @@ class BackgroundTasks:
         The wait after cancel ends at ``cancel_timeout_s`` (a hard deadline); tasks
         still running then are logged with where they hang and reported as ``stuck``
         (still held, so they are not garbage-collected). Returns the report, also kept
-        in ``self.report``; a second ``close()`` returns the first one's report. If the
-        caller is cancelled meanwhile, every remaining task is cancelled, not awaited.
+        in ``self.report``; a second ``close()`` returns the first one's report.
+
+        If the caller is cancelled meanwhile, the grace period ends at once: the tasks
+        still running are cancelled, and close() waits for their cleanup up to
+        ``cancel_timeout_s`` as usual, further cancels included, then sets the report
+        and raises the caller's CancelledError. So after it, no task is still running
+        but those reported ``stuck``.
         """
         if (me := asyncio.current_task()) in self._tasks:
             raise RuntimeError(f"{self!r}: its own task {me.get_name()!r} cannot close it, "
@@ -209,24 +229,25 @@ class BackgroundTasks:
         self._state = _State.CLOSING
         loop = asyncio.get_running_loop()
         started = loop.time()
-        tasks = pending = set(self._tasks)
-        cancel_sent = False
+        tasks = set(self._tasks)
+        ours: asyncio.CancelledError | None = None
         try:
-            if pending and grace_s > 0:
-                _, pending = await asyncio.wait(pending, timeout=grace_s)
+            if tasks and grace_s > 0:
+                try:
+                    await asyncio.wait(tasks, timeout=grace_s)
+                except asyncio.CancelledError as exc:
+                    ours = exc  # our caller gave up on the grace period: cancel now
+            why = "close() was cancelled" if ours else f"grace period of {grace_s} s is over"
+            pending = {task for task in tasks if not task.done()}
             # In name order, so what the cancelled tasks print or log comes out the
             # same way every run (a set's order changes from run to run).
             for task in sorted(pending, key=asyncio.Task.get_name):
-                task.cancel(f"{self!r} closing: grace period of {grace_s} s is over")
-            cancel_sent = True
-            if pending:
-                await asyncio.wait(pending, timeout=hard_s)
-        except asyncio.CancelledError:
-            # Our caller gave up on the shutdown: cancel what is left, once (a second
-            # cancel would cut short cleanups already running), and wait no more.
-            for task in () if cancel_sent else pending:
-                task.cancel(f"{self!r} closing: close() was cancelled")
-            raise
+                task.cancel(f"{self!r} closing: {why}")
+            # Once: a second cancel would cut short cleanups already running, so a
+            # cancel of our caller from here on only waits on (see the module doc).
+            until = None if hard_s is None else loop.time() + hard_s
+            late = await _wait_through_cancels(pending, until)
+            ours = ours or late
         finally:
             self.report = _report(tasks, round(loop.time() - started, 3))
             self._state = _State.CLOSED
@@ -237,6 +258,8 @@ class BackgroundTasks:
                     "%r: task %r still running %s s after cancel(), at %s",
                     self, task.get_name(), hard_s, _where(task),
                 )
+        if ours is not None:
+            raise ours
         return self.report
 
     async def __aenter__(self) -> Self:
@@ -281,10 +304,16 @@ class GracefulShutdown:
     Handlers go in with ``loop.add_signal_handler``; on loops without it (Windows),
     with ``signal.signal`` handing over to the loop by ``call_soon_threadsafe``
     (``mode`` says which). Outside the main thread no handler can be installed:
-    ``mode`` is "none", a warning is logged, and only ``request()`` stops it. A second
-    signal, while the first one's shutdown runs, ends the process at once, killed by
-    that signal, unless ``force_exit=False``. A handler someone else added to the same
-    loop for the same signal is replaced and not restored.
+    ``mode`` is "none", a warning is logged, and only ``request()`` stops it. A handler
+    someone else added to the same loop for the same signal is replaced and not restored.
+
+    A second signal, while the first one's shutdown runs, ends the process at once,
+    unless ``force_exit=False``: it dies of that signal, as CPython does for an
+    uncaught KeyboardInterrupt (exit status 128 + signum in a shell: 130 for SIGINT,
+    143 for SIGTERM; ``returncode == -signum`` for ``subprocess``). "At once" holds even
+    while a cleanup blocks the loop (``time.sleep``, a CPU-bound step): the signals
+    are counted by a Python-level handler, which runs in the main thread between two
+    bytecodes, not by the loop, which would see the signal only once it runs again.
     """
 
     def __init__(
@@ -347,20 +376,33 @@ class GracefulShutdown:
     def _install(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
         # Python-level handler to put back; None when installed from C: leave it then.
         previous = signal.getsignal(sig)
+
+        # Runs in the main thread between two bytecodes, maybe inside the loop's own
+        # code or a cleanup that blocks the loop: count, exit if it is the second, and
+        # otherwise touch nothing (the loop hears of the signal through its wake-up
+        # fd, or through call_soon_threadsafe).
+        def handler(signum: int, frame: object) -> None:
+            self._signals_received += 1
+            if self._signals_received > 1 and self.force_exit:
+                _exit_by_signal(signal.Signals(signum))
+            if self.mode == "signal":
+                loop.call_soon_threadsafe(self._on_signal, signal.Signals(signum))
+
         try:
             loop.add_signal_handler(sig, self._on_signal, sig)
         except NotImplementedError:  # Windows event loops
-            # The handler runs between two bytecodes of the main thread, maybe inside
-            # the loop's own code: touch nothing, hand over thread-safely.
-            def handler(signum: int, frame: object) -> None:
-                loop.call_soon_threadsafe(self._on_signal, signal.Signals(signum))
-
             signal.signal(sig, handler)
             self.mode = "signal"
             self._restore.append(lambda: signal.signal(sig, previous or signal.SIG_DFL))
             return
         self.mode = "loop"
         self._restore.append(lambda: loop.remove_signal_handler(sig))
+        # add_signal_handler() set a no-op Python handler and the loop's wake-up fd;
+        # ours replaces the no-op only: the C handler still writes the wake-up fd, so
+        # the loop still runs _on_signal. Without it a second signal during a blocking
+        # cleanup would wait in the pipe, and be dropped if the handlers are removed
+        # before the loop reads it.
+        signal.signal(sig, handler)
         if previous is not None:
             # remove_signal_handler() resets SIGINT to default_int_handler, not to
             # what was there, e.g. asyncio.run()'s own SIGINT handler, which it
@@ -375,9 +417,7 @@ class GracefulShutdown:
                 logger.exception("%r: could not restore a signal handler", self)
 
     def _on_signal(self, sig: signal.Signals) -> None:
-        self._signals_received += 1
-        if self._signals_received > 1 and self.force_exit:
-            _exit_by_signal(sig)
+        # In the loop, once per signal; counting and the forced exit happen in handler().
         if self._event.is_set():
             logger.warning("%s: stop already requested (%s)", sig.name, self.reason)
         else:
@@ -401,13 +441,18 @@ async def serve(
 
     ``stop`` is a GracefulShutdown or an asyncio.Event. The close has two steps: a
     grace period, then cancel with a hard deadline (see ``BackgroundTasks.close``).
+    A cancel of the caller while waiting for ``stop`` raises once serve()'s own two
+    waiting tasks have ended, leaving ``bg`` open; during the close it follows
+    ``close()``'s rule (see the module doc).
     """
     waiters = {asyncio.create_task(stop.wait()), asyncio.create_task(bg.join())}
     try:
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for waiter in waiters:  # both only wait: a cancel ends them at once, nothing lost
+        for waiter in waiters:  # both only wait: a cancel ends them at their next step
             waiter.cancel()
+        if ours := await _wait_through_cancels(waiters, None):
+            raise ours
     grace = bg.grace_s if grace_s is None else grace_s
     logger.info("%r: closing %d tasks, grace %s s", bg, len(bg), grace)
     return await bg.close(grace, cancel_timeout_s=cancel_timeout_s)
@@ -437,6 +482,32 @@ def _report(tasks: set[asyncio.Task[Any]], elapsed_s: float) -> ShutdownReport:
             outcome = "failed" if task.exception() is not None else "finished"
         names[outcome].append(task.get_name())
     return ShutdownReport(**{k: tuple(v) for k, v in names.items()}, elapsed_s=elapsed_s)
+
+
+async def _wait_through_cancels(
+    tasks: set[asyncio.Task[Any]], until: float | None
+) -> asyncio.CancelledError | None:
+    """Wait until every task has ended or loop time ``until``; return our first cancel.
+
+    asyncio.wait(), not `await task`: awaiting a cancelled task raises *its*
+    CancelledError in our frame, where nothing tells it from a cancel aimed at us.
+    wait() never raises a task's outcome and never cancels the tasks, so a
+    CancelledError out of it is ours; we note it and wait on, as TaskGroup.__aexit__
+    does, and our timeout needs no self-cancel (so no uncancel() bookkeeping).
+    """
+    loop = asyncio.get_running_loop()
+    ours: asyncio.CancelledError | None = None
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        left_s = None if until is None else max(0.0, until - loop.time())
+        try:
+            _, pending = await asyncio.wait(pending, timeout=left_s)
+            break
+        except asyncio.CancelledError as exc:
+            if ours is None:
+                ours = exc  # the first cancel's message is the one the caller sees
+            pending = {task for task in pending if not task.done()}
+    return ours
 
 
 def _log_if_failed(task: asyncio.Task[Any]) -> None:

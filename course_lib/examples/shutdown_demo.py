@@ -5,14 +5,18 @@
 Workers take jobs from an asyncio.Queue. On the first SIGINT or SIGTERM the service
 stops taking jobs, gives the jobs in progress a grace period, cancels those still
 running (their cleanup hands the job back to the queue), prints a report and exits
-with 0 (1 if a task failed or got stuck). A second signal exits at once. Chapter 1
-runs it in a subprocess and sends it real signals; every line is flushed at once.
+with 0 (1 if a task failed or got stuck). A second signal exits at once, killed by
+that signal (a shell shows 130 for SIGINT, 143 for SIGTERM), even while a cleanup
+blocks the loop: try ``--cleanup-s 60 --blocking-cleanup``, whose cleanup is a
+``time.sleep``. Chapter 1 runs it in a subprocess and sends it real signals; every
+line is flushed at once.
 """
 
 import argparse
 import asyncio
 import os
 import sys
+import time
 
 from course_lib.lifecycle import BackgroundTasks, GracefulShutdown
 
@@ -23,7 +27,7 @@ def say(line: str) -> None:
 
 async def worker(
     name: str, queue: asyncio.Queue[int], busy: dict[str, int], stop: GracefulShutdown,
-    job_s: float, cleanup_s: float,
+    job_s: float, cleanup_s: float, blocking_cleanup: bool = False,
 ) -> None:
     try:
         while not stop.is_set():  # stop requested: take no new job
@@ -35,7 +39,11 @@ async def worker(
         if name in busy:
             queue.put_nowait(busy.pop(name))  # unfinished: hand the job back
             queue.task_done()
-        await asyncio.sleep(cleanup_s)  # say, close a connection
+        if blocking_cleanup:  # the bug: a blocking call, the loop stops for cleanup_s
+            say(f"{name}: cleaning up, blocking the loop for {cleanup_s} s")
+            time.sleep(cleanup_s)  # noqa: ASYNC251 - on purpose: what a second signal must cut
+        else:
+            await asyncio.sleep(cleanup_s)  # say, close a connection
         say(f"cancelled: {name} (cleanup done)")
         raise  # never swallow the cancel: close() must see this task end cancelled
     say(f"stopped: {name}")
@@ -50,7 +58,9 @@ async def main(args: argparse.Namespace) -> int:
         bg = BackgroundTasks(name="workers")
         for n in range(1, args.workers + 1):
             name = f"worker-{n}"
-            bg.spawn(worker(name, queue, busy, stop, args.job_s, args.cleanup_s), name=name)
+            coro = worker(name, queue, busy, stop, args.job_s, args.cleanup_s,
+                          args.blocking_cleanup)
+            bg.spawn(coro, name=name)
         say(f"ready (pid {os.getpid()}, {args.workers} workers, jobs of {args.job_s} s)")
         say(f"stop requested ({await stop.wait()})")
         # course_lib.lifecycle.serve() does these two steps; spelled out to print them.
@@ -67,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1000, help="jobs queued at start")
     parser.add_argument("--job-s", type=float, default=0.5, help="how long each job takes")
     parser.add_argument("--cleanup-s", type=float, default=0.1, help="cleanup after a cancel")
+    parser.add_argument("--blocking-cleanup", action="store_true",
+                        help="clean up with time.sleep, blocking the loop (a bug to survive)")
     parser.add_argument("--grace-s", type=float, default=2.0, help="wait for jobs in progress")
     parser.add_argument("--cancel-timeout-s", type=float, default=5.0,
                         help="after cancelling, wait this long for cleanup")

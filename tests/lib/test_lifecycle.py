@@ -184,22 +184,49 @@ async def test_a_failure_after_cancel_and_wait_gave_up_is_logged_not_lost(caplog
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
-async def test_caller_cancelled_while_waiting_propagates_and_the_task_still_cleans_up():
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_a_caller_cancelled_during_the_cleanup_waits_for_it_then_raises(cancels):
+    # The course's one rule (lifecycle's module doc): nothing the helper cancelled is
+    # still running when its CancelledError reaches the caller; a second cancel of the
+    # caller does not change that, nor cut the task's cleanup short.
     log: list[str] = []
     task = asyncio.create_task(sleeper(100, cleanup_s=5, log=log))
     await asyncio.sleep(0)
     caller = asyncio.create_task(cancel_and_wait(task))
     await asyncio.sleep(1)  # the task is now in its 5 s cleanup
     caller.cancel("caller's own cancel")
-    with pytest.raises(asyncio.CancelledError):
+    if cancels == 2:
+        await asyncio.sleep(1)
+        caller.cancel("and again")
+    with pytest.raises(asyncio.CancelledError) as caught:
         await caller
-    assert caller.cancelled()
-    assert now() == 1  # the caller did not wait for the cleanup
-    assert log == ["cancelled ()"]  # and its cancel did not cut the task's cleanup short
-    await asyncio.wait({task})
-    assert task.cancelled()
+    assert caught.value.args == ("caller's own cancel",)  # the caller's, not the task's
+    assert task.done() and task.cancelled()
     assert log == ["cancelled ()", "cleanup done"]
     assert now() == 5
+    assert caller.cancelled() and caller.cancelling() == cancels  # no uncancel()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_caller_cancelled_during_the_cleanup_still_stops_waiting_at_timeout_s(caplog):
+    release = asyncio.Event()
+    task = asyncio.create_task(stubborn(release), name="deaf")
+    await asyncio.sleep(0)
+    caller = asyncio.create_task(cancel_and_wait(task, timeout_s=3))
+    try:
+        await asyncio.sleep(1)
+        caller.cancel()
+        await asyncio.sleep(1)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):  # not TimeoutError: a cancel propagates
+            await caller
+        assert now() == 3
+    finally:
+        release.set()  # else the loop's teardown waits for it forever
+        await asyncio.wait({task})
+    [warning] = [r for r in caplog.records if r.name == LOGGER]
+    assert "'deaf' still running 3 s after cancel_and_wait() cancelled it" in warning.getMessage()
 
 
 @pytest.mark.asyncio
@@ -242,7 +269,7 @@ async def test_a_caller_cancel_that_crosses_the_tasks_end_wins_and_the_failure_i
     del task
     await asyncio.sleep(0)
     [record] = [r for r in caplog.records if r.name == LOGGER]
-    assert "'flaky' failed after cancel_and_wait() stopped waiting" in record.getMessage()
+    assert "'flaky' failed while cancel_and_wait()'s caller was cancelled" in record.getMessage()
     assert isinstance(record.exc_info[1], OSError)
 
 
@@ -481,36 +508,67 @@ async def test_a_second_close_returns_the_first_report():
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
-async def test_cancelling_close_cancels_the_remaining_tasks_and_propagates():
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_cancelling_close_in_the_grace_period_cancels_the_rest_and_waits_for_them(cancels):
     log: list[str] = []
     bg = BackgroundTasks(name="svc")
-    task = bg.spawn(sleeper(100, cleanup_s=1, log=log), name="job")
+    task = bg.spawn(sleeper(100, cleanup_s=3, log=log), name="job")
     closer = asyncio.create_task(bg.close(grace_s=10))
     await asyncio.sleep(2)
-    closer.cancel()
+    closer.cancel()  # the grace period ends now
+    if cancels == 2:
+        await asyncio.sleep(1)
+        closer.cancel()  # during the job's cleanup
     with pytest.raises(asyncio.CancelledError):
         await closer
-    assert bg.report == ShutdownReport(stuck=("job",), elapsed_s=2)  # still cleaning up
-    await asyncio.wait({task})
-    assert task.cancelled() and log[-1] == "cleanup done"
-    assert "close() was cancelled" in log[0]
+    assert task.done() and task.cancelled()  # nothing left running
+    assert log[-1] == "cleanup done" and "close() was cancelled" in log[0]
+    assert bg.report == ShutdownReport(cancelled=("job",), elapsed_s=5)
+    assert now() == 5 and closer.cancelling() == cancels
 
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
-async def test_cancelling_close_during_the_cleanup_does_not_cut_the_cleanup_short():
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_cancelling_close_during_the_cleanup_waits_for_it_to_the_end(cancels):
     log: list[str] = []
     bg = BackgroundTasks()
     task = bg.spawn(sleeper(100, cleanup_s=3, log=log), name="job")
     closer = asyncio.create_task(bg.close(grace_s=1))
     await asyncio.sleep(2)  # the grace is over: the job got its cancel and cleans up
-    closer.cancel()
+    for _ in range(cancels):
+        closer.cancel()
+        await asyncio.sleep(0.5)
     with pytest.raises(asyncio.CancelledError):
         await closer
-    await asyncio.wait({task})
+    assert task.done()
     assert log == ["cancelled (\"<BackgroundTasks 'background' closing, 1 running> closing: "
                    "grace period of 1 s is over\",)", "cleanup done"]
     assert now() == 4
+    assert bg.report == ShutdownReport(cancelled=("job",), elapsed_s=4)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_cancelling_close_still_stops_waiting_at_cancel_timeout_s(caplog):
+    release = asyncio.Event()
+    bg = BackgroundTasks(name="svc")
+    task = bg.spawn(stubborn(release), name="deaf")
+    closer = asyncio.create_task(bg.close(grace_s=1, cancel_timeout_s=4))
+    try:
+        await asyncio.sleep(2)
+        closer.cancel()
+        await asyncio.sleep(1)
+        closer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closer
+        assert now() == 5  # grace 1 s + hard deadline 4 s
+    finally:
+        release.set()  # else the loop's teardown waits for it forever
+        await asyncio.wait({task})
+    assert bg.report == ShutdownReport(stuck=("deaf",), elapsed_s=5)
+    [error] = [r for r in caplog.records if r.name == LOGGER]
+    assert "task 'deaf' still running 4 s after cancel()" in error.getMessage()
 
 
 @pytest.mark.asyncio
@@ -744,3 +802,40 @@ async def test_a_second_sigint_forces_the_demo_to_exit_at_once():
     assert returncode == -signal.SIGINT, (lines, err)  # killed by the signal, as a shell expects
     assert "second SIGINT: exiting now" in err
     assert not any(line.startswith("report:") for line in lines)
+
+
+@posix_only
+@pytest.mark.asyncio
+@pytest.mark.parametrize("blocking", [True, False], ids=["time.sleep", "await"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
+async def test_a_second_signal_during_a_cleanup_that_never_ends_exits_at_once(sig, blocking):
+    # The cleanup blocks the loop (time.sleep) or awaits for an hour: either way the
+    # second signal must end the process, killed by it. The 20 s in finish() only
+    # guards against a hang; the cleanup alone would take 3,600 s.
+    proc, lines = await start_demo("--workers", "1", "--job-s", "3600", "--grace-s", "0",
+                                   "--cleanup-s", "3600", "--cancel-timeout-s", "3600",
+                                   *(["--blocking-cleanup"] if blocking else []))
+    os.kill(proc.pid, sig)
+    await read_until(proc, lines, "draining")
+    if blocking:
+        await read_until(proc, lines, "worker-1: cleaning up, blocking the loop")
+    os.kill(proc.pid, sig)
+    returncode, err = await finish(proc, lines)
+    assert returncode == -sig, (lines, err)  # a shell shows 128 + signum
+    assert f"second {sig.name}: exiting now" in err
+    assert not any(line.startswith(("cancelled:", "report:")) for line in lines)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_cancelled_serve_leaves_none_of_its_own_tasks_running():
+    bg = BackgroundTasks(name="svc")
+    job = bg.spawn(sleeper(100), name="job")
+    before = asyncio.all_tasks()
+    server = asyncio.create_task(serve(bg, asyncio.Event()))
+    await asyncio.sleep(1)
+    server.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await server
+    assert asyncio.all_tasks() == before  # its two waiters have ended too; bg is the caller's
+    await cancel_and_wait(job)
