@@ -17,6 +17,7 @@ __all__ = [
     "TOO_LONG",
     "UNEXPECTED",
     "human_message",
+    "hung_message",
     "import_message",
 ]
 
@@ -24,18 +25,27 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from course_lib.grading import NOT_IMPLEMENTED, TOO_LONG, UNEXPECTED
+from course_lib.grading import NOT_IMPLEMENTED, TOO_LONG, UNEXPECTED, hung_message
 
 _MAX_MESSAGE = 160
-# pytest-timeout's signal method fails the test with this text (PYTEST_FAILURE_MESSAGE).
+# pytest-timeout's signal method fails the test with this text (PYTEST_FAILURE_MESSAGE,
+# "Timeout (>5.0s) from pytest-timeout.").
 _PYTEST_TIMEOUT_TEXT = "from pytest-timeout"
+_PYTEST_TIMEOUT_BOUND = re.compile(r"Timeout \(>([0-9.]+)s\)")
+# pytest-timeout raises its exception once, wherever the main thread is. In an event
+# loop that may be a task the check started, which keeps it as its result, and the
+# check goes on hanging. Raised again at this interval until it reaches the check.
+_TIMEOUT_REPEAT_S = 0.5
 # looptime raises these (subclasses of TimeoutError) when virtual time runs out or the
 # loop sits idle: the code under test waits for something that never comes.
 _LOOPTIME_TIMEOUTS = {"IdleTimeoutError", "LoopTimeoutError"}
@@ -50,6 +60,9 @@ def human_message(exc: BaseException, *, raised_by_learner: bool = False) -> str
     ``raised_by_learner``: the exception left the learner's own code (the graded
     package), so even an AssertionError is reported as an exception it raised.
     """
+    bound = _real_time_bound(exc)
+    if bound is not None:
+        return hung_message(bound)
     if _is_timeout(exc):
         return TOO_LONG
     if _is_not_implemented(exc):
@@ -124,6 +137,16 @@ def _is_timeout(exc: BaseException) -> bool:
     return False
 
 
+def _real_time_bound(exc: BaseException) -> float | None:
+    """The bound in seconds when pytest-timeout stopped the check, else None."""
+    for leaf in _leaves(exc):
+        text = (leaf.msg or "") if isinstance(leaf, pytest.fail.Exception) else ""
+        if _PYTEST_TIMEOUT_TEXT in text:
+            found = _PYTEST_TIMEOUT_BOUND.search(text)
+            return float(found[1]) if found else 0.0
+    return None
+
+
 def _exception_summary(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         leaves = list(_leaves(exc))
@@ -193,6 +216,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="write one row per grading test to FILE (rewritten after each test)",
     )
     group.addoption(
+        "--grading-after-hang-timeout",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="once a check of an exercise hung (pytest-timeout stopped it), stop that "
+        "exercise's later checks after S seconds instead (0: the usual timeout)",
+    )
+    group.addoption(
         "--grading-package-dir",
         default=None,
         metavar="DIR",
@@ -211,15 +242,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class _Recorder:
-    """Keep the requested exercises' tests and write their rows as JSON."""
+    """Keep the requested exercises' tests and write their rows as JSON.
+
+    The file also says which check runs now (``current``, with the bound pytest-timeout
+    stops it at), so that the grader can tell the learner while it runs. Once a check of
+    an exercise has hung, that exercise's later checks get the shorter
+    ``--grading-after-hang-timeout``: code that hangs in one check tends to hang in
+    the next ones too, and each would otherwise be waited in full.
+    """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.wanted = set(config.getoption("--exercise"))
         self.path = config.getoption("--grading-json")
         self.target = config.getoption("--target")
+        self.after_hang_s = config.getoption("--grading-after-hang-timeout")
         self.rows: dict[str, dict[str, Any]] = {}
         self.collection_errors: list[dict[str, str]] = []
+        self.hung: set[str | None] = set()  # exercises with a check that hung
+        self.current: dict[str, Any] | None = None
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list) -> None:
@@ -253,6 +294,13 @@ class _Recorder:
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
+        if (
+            call.excinfo is not None
+            and hasattr(signal, "setitimer")
+            and _real_time_bound(call.excinfo.value) is not None
+        ):
+            # The timeout reached the check: no more alarms for its cleanup to take.
+            signal.setitimer(signal.ITIMER_REAL, 0)
         row = self.rows.get(item.nodeid)
         if row is not None:
             self._update(row, item, call, report)
@@ -260,7 +308,52 @@ class _Recorder:
             _release_locals(call.excinfo.value)
         return report
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem):
+        # First of all wrappers: pytest-timeout's reads the timeout marker after this.
+        row = self.rows.get(item.nodeid)
+        if row is not None:
+            if (
+                row["exercise"] in self.hung
+                and self.after_hang_s > 0
+                and item.get_closest_marker("timeout") is None
+            ):
+                item.add_marker(pytest.mark.timeout(self.after_hang_s))
+            self.current = {
+                "test": item.nodeid,
+                "exercise": row["exercise"],
+                "description": row["description"],
+                "bound": 0.0,  # none known yet; pytest_timeout_set_timer tells
+            }
+            self._write()
+        return (yield)
+
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_timeout_set_timer(self, item: pytest.Item, settings) -> bool | None:
+        if self.current is not None and self.current["test"] == item.nodeid:
+            self.current["bound"] = float(settings.timeout or 0)
+            self._write()
+        if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+            return None  # pytest-timeout's own implementation sets the timer
+        # pytest-timeout's signal method, with the alarm repeated (_TIMEOUT_REPEAT_S).
+        # Same text as its own, which is how the rows recognise a hang.
+        message = f"Timeout (>{settings.timeout}s) {_PYTEST_TIMEOUT_TEXT}."
+
+        def handler(signum, frame):
+            __tracebackhide__ = True
+            pytest.fail(message)
+
+        def cancel():
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+        item.cancel_timeout = cancel  # what pytest-timeout's pytest_timeout_cancel_timer calls
+        signal.signal(signal.SIGALRM, handler)
+        signal.setitimer(signal.ITIMER_REAL, settings.timeout, _TIMEOUT_REPEAT_S)
+        return True
+
     def pytest_runtest_logfinish(self, nodeid: str, location) -> None:
+        self.current = None
         self._write()
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -276,6 +369,10 @@ class _Recorder:
         elif report.failed:
             row["outcome"] = "failed" if report.when == "call" else "error"
             row["message"] = self._message(item, call.excinfo) if call.excinfo else UNEXPECTED
+            hung_after = _real_time_bound(call.excinfo.value) if call.excinfo else None
+            if hung_after is not None:
+                row["hung_s"] = hung_after
+                self.hung.add(row["exercise"])
         elif report.when == "call":
             row["outcome"] = "passed"
 
@@ -303,6 +400,7 @@ class _Recorder:
             "target": self.target,
             "tests": list(self.rows.values()),
             "collection_errors": self.collection_errors,
+            "current": self.current,
         }
         # Written whole and renamed into place: when the grader kills a hung run, the
         # file it reads is the last complete one, never half a JSON document.

@@ -14,11 +14,27 @@ was checked, ✓ or ✗, and one line saying what went wrong.
 
 ``--target`` (or ``COURSE_TARGET``) names the graded package, ``exercises`` by default,
 or a folder holding a copy of it, such as a learner's submission.
+
+A run that takes more than a few seconds says so while it runs, and which check it is
+on: a line updated in place under the cell in a notebook, lines on stderr in a
+terminal. A check that hangs is stopped after ``_PER_TEST_TIMEOUT_S`` seconds; once
+one has hung, the same exercise's later checks are stopped after
+``_AFTER_HANG_TIMEOUT_S`` each (see the constants for why those numbers).
 """
 
 from __future__ import annotations
 
-__all__ = ["Check", "GradeReport", "GradingError", "Outcome", "check", "grade", "main"]
+__all__ = [
+    "Check",
+    "GradeReport",
+    "GradingError",
+    "Outcome",
+    "Progress",
+    "check",
+    "grade",
+    "hung_message",
+    "main",
+]
 
 import argparse
 import ast
@@ -34,23 +50,63 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 # The plugin's row messages; here so that importing this module needs no pytest.
 NOT_IMPLEMENTED = "not implemented yet"
 TOO_LONG = "took too long (does it wait forever?)"
 UNEXPECTED = "did not behave as expected"
+# The check hung in real time and could not be stopped (its code swallowed the
+# timeout, or blocked outside Python): the run was killed there.
+STUCK = (
+    "took too long and could not be stopped, so grading stopped here: does the code "
+    "catch every exception (except BaseException:) or block outside Python?"
+)
+NOT_RUN = "not run: grading stopped at a check before it that took too long"
+
+
+def hung_message(bound_s: float) -> str:
+    """The row of a check stopped after ``bound_s`` seconds of real time: what to look for.
+
+    The grading tests run on looptime's virtual clock, where sleeps and timeouts take
+    no real time: what still hangs is code that never lets the clock move.
+    """
+    return (
+        f"took too long: stopped after {bound_s:g} s. Look for an await nothing ever wakes, "
+        "a loop spinning on sleep(0), or a blocking call such as time.sleep()"
+    )
+
 
 _PLUGIN = "course_lib._grading_plugin"
-# One hung check must not use up the whole run: pytest-timeout fails it and the
-# grader goes on to the others. The whole run has its own deadline (timeout_s).
-_PER_TEST_TIMEOUT_S = 15.0
+# Bounds on a hung check. The grading tests run on looptime's virtual clock, so on
+# a model answer each takes well under a second of real time. Measured with
+# `pytest --target solutions tests/exercises --durations` on a 2-core machine at
+# load average 8: the slowest (a thousand tasks or restarts: the hard cases) took
+# 0.61 s with asyncio's debug mode off, as the grader runs them (4.97 s with it on:
+# see _run); 0.19 s on an idle machine. pytest-timeout stops a check after
+# _PER_TEST_TIMEOUT_S (8x the loaded figure) and the grader goes on to the others;
+# once a check of an exercise has hung, that exercise's later checks are stopped
+# after _AFTER_HANG_TIMEOUT_S each (4x): an exercise of N checks that all hang ends
+# within 5 + 2.5 (N - 1) s plus pytest's start, not N x 5 s. A check still running
+# _STUCK_GRACE_S past its bound swallowed the timeout: the grader kills the run.
+# The whole run has its own deadline (timeout_s) as a last resort.
+_PER_TEST_TIMEOUT_S = 5.0
+_AFTER_HANG_TIMEOUT_S = 2.5
+_STUCK_GRACE_S = 5.0
 _CHECK_TIMEOUT_S = 120.0
 _CLI_TIMEOUT_S = 300.0
+# Progress: the grader looks at the run this often, and says it is still running
+# once it has taken _SHOW_AFTER_S (a check of one exercise takes ~1.5 s in all).
+_POLL_S = 0.25
+_SHOW_AFTER_S = 3.0
 _ORPHANS = "grading tests with no exercise marker, or that do not load"
 _STOPPED = "did not finish: the grading run stopped here (did the code exit Python?)"
 _STUB_TITLE = re.compile(r"""NotImplementedError\(\s*["']Exercise\s+(\d+\.\d+):\s*([^"']*)""")
+# A docstring that opens "Exercise 0.1", and the def or class it belongs to.
+_DOC_EXERCISE = re.compile(r"^\s*[rRuU]?(?:\"{3}|'{3})\s*Exercise\s+(\d+\.\d+)\b")
+_DEF_OR_CLASS = re.compile(r"^\s*(?:async\s+def|def|class)\s+([A-Za-z_]\w*)")
 
 
 class GradingError(RuntimeError):
@@ -214,6 +270,43 @@ class GradeReport:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a grading run is, a few times a second: ``grade(..., progress=callback)``."""
+
+    elapsed_s: float
+    done: int = 0  # checks finished
+    total: int = 0  # checks to run; 0 until pytest has collected them
+    exercise: str = ""  # the exercise of the check running now, if any
+    running: str = ""  # the check running now: its description, as in the table
+    running_s: float = 0.0  # for how long
+    bound_s: float = 0.0  # when it is stopped if still running (0: not known)
+    hung: tuple[tuple[str, str, float], ...] = ()  # (exercise, check, bound) stopped so far
+    finished: bool = False  # the last one: the run is over
+
+    def line(self, what: str = "") -> str:
+        """``Still checking 0.1 (7 s, 1/4 done): "…" running for 2 s (stopped at 5 s if…)``.
+
+        ``what``: the exercises the run grades ("0.1"), or "" for all of them.
+        """
+        done = f", {self.done}/{self.total} done" if self.total else ""
+        text = f"Still checking {what}{' ' if what else ''}({self.elapsed_s:.0f} s{done})"
+        if self.running:
+            which = "" if what == self.exercise else f"{self.exercise} "
+            text += f': {which}"{self.running}" running for {self.running_s:.0f} s'
+            if self.bound_s:
+                text += f" (stopped at {self.bound_s:g} s if it hangs)"
+        elif not self.total:
+            text += ": starting"
+        if self.hung:
+            text += f"; {_count(len(self.hung), 'check')} hung so far"
+        return text
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
 def _mark(c: Check) -> str:
     return "–" if c.outcome is Outcome.SKIPPED else ("✓" if c.passed else "✗")
 
@@ -226,17 +319,22 @@ def _chapter_topic(module: str) -> str:
 # --- public entry points ----------------------------------------------------------------
 
 
+ProgressCallback = Callable[[Progress], None]
+
+
 def check(
     exercise_id: str,
     *,
     target: str | os.PathLike | None = None,
     timeout_s: float = _CHECK_TIMEOUT_S,
+    progress: bool | ProgressCallback = True,
 ) -> GradeReport:
     """Run exercise ``exercise_id``'s checks and return the table (a notebook shows it).
 
     Never raises because the exercise fails; raises ValueError for an unknown id.
+    A run that takes more than a few seconds says so while it runs (``progress``).
     """
-    return grade(target, [str(exercise_id)], timeout_s=timeout_s)
+    return grade(target, [str(exercise_id)], timeout_s=timeout_s, progress=progress)
 
 
 def grade(
@@ -245,12 +343,18 @@ def grade(
     *,
     timeout_s: float = _CHECK_TIMEOUT_S,
     per_test_timeout_s: float = _PER_TEST_TIMEOUT_S,
+    after_hang_timeout_s: float = _AFTER_HANG_TIMEOUT_S,
     tests_dir: Path | None = None,
+    progress: bool | ProgressCallback = False,
 ) -> GradeReport:
     """Grade ``target`` on the given exercises (all by default).
 
-    ``tests_dir`` replaces the repository's ``tests/exercises`` (for testing the grader);
-    pytest runs from its grandparent folder.
+    ``per_test_timeout_s`` stops a hung check; once one has hung, the same exercise's
+    later checks are stopped after ``after_hang_timeout_s``. ``progress``: True says
+    that a slow run is still running, and on which check (a line updated in place in
+    a notebook, lines on stderr elsewhere); a callable gets a :class:`Progress` a few
+    times a second. ``tests_dir`` replaces the repository's ``tests/exercises`` (for
+    testing the grader); pytest runs from its grandparent folder.
     """
     tests_dir = Path(tests_dir).resolve() if tests_dir else _course_root() / "tests" / "exercises"
     known = discover(tests_dir)
@@ -262,6 +366,7 @@ def grade(
             f"the exercises are: {', '.join(known) or 'none'}"
         )
     name, folder = _resolve_target(target)
+    status = _status(progress, ", ".join(wanted) if exercise_ids is not None else "")
     rows = _run(
         name,
         folder,
@@ -270,7 +375,11 @@ def grade(
         tests_dir=tests_dir,
         timeout_s=timeout_s,
         per_test_timeout_s=per_test_timeout_s,
+        after_hang_timeout_s=after_hang_timeout_s,
+        progress=status,
     )
+    if isinstance(status, _Status):
+        status.finish()
     exercises = tuple(known[i] for i in wanted)
     rows = _attribute_load_errors(rows, exercises)
     if exercise_ids is None:  # rows with no known exercise (no marker...) still show
@@ -309,14 +418,15 @@ def discover(tests_dir: Path) -> dict[str, Exercise]:
     """Every exercise id the grading tests mark, in course order, without running them.
 
     Read from the test files' source (``pytest.mark.exercise("0.1")``) so that an
-    unknown id is refused at once; titles come from the stubs' NotImplementedError.
+    unknown id is refused at once. Titles come from the course itself, next to
+    ``tests_dir``, whatever the target: see :func:`_titles`.
     """
     found: dict[str, Exercise] = {}
-    stubs = tests_dir.parents[1] / "exercises"
+    root = tests_dir.parents[1]
     for path in sorted(tests_dir.glob("test_*.py")):
         tree = _parse(path)
         module = _module_constant(tree)
-        titles = _stub_titles(stubs / f"{module}.py") if module else {}
+        titles = _titles(root, module) if module else {}
         for node in ast.walk(tree):
             if (
                 isinstance(node, ast.Call)
@@ -341,10 +451,51 @@ def _module_constant(tree: ast.Module) -> str:
     return ""
 
 
-def _stub_titles(path: Path) -> dict[str, str]:
-    if not path.is_file():
-        return {}
-    return {m[0]: m[1].strip() for m in _STUB_TITLE.findall(path.read_text(encoding="utf-8"))}
+def _titles(root: Path, module: str) -> dict[str, str]:
+    """``{"0.1": "gather_in_order", "4.1": "claim and ack"}``: what each exercise defines.
+
+    The names of the defs and classes whose docstring opens "Exercise N.M", in the
+    course's stub (``exercises/``) and model answer (``solutions/``). Not the stub's
+    ``NotImplementedError("Exercise 0.1: gather_in_order")``: that is the line a
+    learner deletes first, and the title must not go with it. That text is the last
+    resort, for an exercise no docstring names.
+    """
+    names: dict[str, list[str]] = {}
+    for folder in ("exercises", "solutions"):
+        for ex_id, name in _docstring_owners(_source(root / folder / f"{module}.py")):
+            if name not in names.setdefault(ex_id, []):
+                names[ex_id].append(name)
+    titles = {ex_id: _joined(found) for ex_id, found in names.items()}
+    for ex_id, title in _STUB_TITLE.findall(_source(root / "exercises" / f"{module}.py")):
+        titles.setdefault(ex_id, title.strip())
+    return titles
+
+
+def _source(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _docstring_owners(source: str) -> list[tuple[str, str]]:
+    # Line by line rather than with ast: the learner's copy may not parse right now,
+    # and the title must not depend on that. The owner of a docstring is the nearest
+    # def or class above it (a signature spread over lines has no other def in it).
+    owners = []
+    lines = source.splitlines()
+    for i, line in enumerate(lines):
+        doc = _DOC_EXERCISE.match(line)
+        if doc is None:
+            continue
+        owner = next(filter(None, map(_DEF_OR_CLASS.match, reversed(lines[:i]))), None)
+        if owner is not None:
+            owners.append((doc[1], owner[1]))
+    return owners
+
+
+def _joined(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _id_key(ex_id: str) -> tuple:
@@ -412,6 +563,8 @@ def _run(
     tests_dir: Path,
     timeout_s: float,
     per_test_timeout_s: float,
+    after_hang_timeout_s: float = 0.0,
+    progress: ProgressCallback | None = None,
 ) -> list[Check]:
     if importlib.util.find_spec("pytest") is None:
         raise GradingError("grading needs pytest: pip install -e '.[dev]'")
@@ -423,7 +576,16 @@ def _run(
             "-p", _PLUGIN, "--target", name, "--grading-json", str(out),
             "-q", "--tb=line", "--color=no", "-p", "no:cacheprovider",
             "--continue-on-collection-errors", "--rootdir", str(cwd), "--confcutdir", str(cwd),
-            "-o", f"timeout={per_test_timeout_s:g}",
+            # On the command line, so that a PYTEST_TIMEOUT in the learner's shell
+            # does not change it.
+            f"--timeout={per_test_timeout_s:g}",
+            # asyncio's debug mode (on for the course's own test runs) records a
+            # traceback for every task and callback: the checks with a thousand tasks
+            # took 8x as long with it, and the bounds above would not fit them. What
+            # the checks judge (results, cancellation, "never awaited", "destroyed
+            # but pending") does not depend on it.
+            "-o", "asyncio_debug=false",
+            f"--grading-after-hang-timeout={after_hang_timeout_s:g}",
             # Grading tests are neither notebooks nor property-based runs that need
             # hypothesis's reporting; importing those two plugins took most of a check.
             "-p", "no:nbval", "-p", "no:hypothesispytest",
@@ -432,14 +594,17 @@ def _run(
             cmd += ["--exercise", ex_id]
         if folder is not None:
             cmd += ["--grading-package-dir", str(folder)]
-        code, output, timed_out = _call(cmd, cwd, _environment(name, folder), timeout_s)
+        watch = _Watch(out, progress)
+        code, output, stopped = _call(
+            cmd, cwd, _environment(name, folder), timeout_s, Path(tmp) / "output.txt", watch
+        )
         data = _read(out)
     if data is None or (not data["tests"] and code not in (0, 1, 5)):
-        if timed_out:
+        if stopped:
             return [Check(i, "all checks", False, TOO_LONG) for i in exercise_ids]
         tail = "\n".join(output.strip().splitlines()[-15:])
         raise GradingError(f"the grading run failed (pytest exit code {code}):\n{tail}")
-    return _checks(data, timed_out)
+    return _checks(data, stopped)
 
 
 def _environment(name: str, folder: Path | None) -> dict[str, str]:
@@ -460,33 +625,112 @@ def _environment(name: str, folder: Path | None) -> dict[str, str]:
     return env
 
 
-def _call(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float):
-    """Run ``cmd``; ``(exit code, output, timed out)``. Kills it all at the deadline."""
+class _Watch:
+    """Reads the rows file while the run goes on: what runs now, and is it stuck?"""
+
+    def __init__(self, rows: Path, progress: ProgressCallback | None) -> None:
+        self.rows = rows
+        self.progress = progress
+        self.start = time.monotonic()
+        self.data: dict | None = None
+        self.seen: dict[str, float] = {}  # test -> when first seen running (monotonic)
+
+    def poll(self, now: float, *, finished: bool = False) -> None:
+        self.data = _read(self.rows) or self.data
+        if self.progress is not None:
+            snapshot = self.snapshot(now)
+            self.progress(dataclasses.replace(snapshot, finished=True) if finished else snapshot)
+
+    def _current(self) -> dict | None:
+        return (self.data or {}).get("current")
+
+    def snapshot(self, now: float) -> Progress:
+        tests = (self.data or {}).get("tests", [])
+        current = self._current()
+        hung = tuple(
+            (t["exercise"] or "?", t["description"], t["hung_s"]) for t in tests if "hung_s" in t
+        )
+        progress = Progress(
+            elapsed_s=now - self.start,
+            done=sum(t["outcome"] is not None for t in tests),
+            total=len(tests),
+            hung=hung,
+        )
+        if current is None:
+            return progress
+        started = self.seen.setdefault(current["test"], now)
+        return dataclasses.replace(
+            progress,
+            exercise=current["exercise"] or "?",
+            running=current["description"],
+            running_s=now - started,
+            bound_s=current.get("bound") or 0.0,
+        )
+
+    def stuck(self, now: float) -> bool:
+        """The running check is well past the bound pytest-timeout should have stopped it at."""
+        current = self._current()
+        if not current or not current.get("bound"):
+            return False
+        started = self.seen.setdefault(current["test"], now)
+        return now - started > current["bound"] + _STUCK_GRACE_S
+
+
+def _call(
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    log_path: Path,
+    watch: _Watch,
+) -> tuple[int | None, str, str]:
+    """Run ``cmd``; ``(exit code, output, why it was stopped)``.
+
+    Stopped and killed, with all it started: at the deadline ("deadline"), or when a
+    check runs well past its per-check bound ("stuck"), which means its code caught
+    pytest-timeout's exception or blocks where a signal cannot reach.
+    """
     posix = os.name == "posix"
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        # Its own process group, so that the kill reaches whatever the learner's code
-        # started too (a subprocess, a server) and the notebook gets its prompt back.
-        start_new_session=posix,
-    )
-    try:
-        output, _ = proc.communicate(timeout=timeout_s)
-        return proc.returncode, output, False
-    except subprocess.TimeoutExpired:
-        _kill(proc, posix)
-        output, _ = proc.communicate()
-        return proc.returncode, output, True
-    except BaseException:  # KeyboardInterrupt: "interrupt the kernel" must stop it too
-        _kill(proc, posix)
-        proc.wait()
-        raise
+    deadline = time.monotonic() + timeout_s
+    stopped = ""
+    with open(log_path, "w+", encoding="utf-8", errors="replace") as log:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            # A file, not a pipe: nobody reads a pipe while we wait, and a full one
+            # would block the run.
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Its own process group, so that the kill reaches whatever the learner's code
+            # started too (a subprocess, a server) and the notebook gets its prompt back.
+            start_new_session=posix,
+        )
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=_POLL_S)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.monotonic()
+                watch.poll(now)
+                if now >= deadline:
+                    stopped = "deadline"
+                elif watch.stuck(now):
+                    stopped = "stuck"
+                if stopped:
+                    _kill(proc, posix)
+                    proc.wait()
+                    break
+        except BaseException:  # KeyboardInterrupt: "interrupt the kernel" must stop it too
+            _kill(proc, posix)
+            proc.wait()
+            raise
+        watch.poll(time.monotonic(), finished=True)
+        log.seek(0)
+        return proc.returncode, log.read(), stopped
 
 
 def _kill(proc: subprocess.Popen, posix: bool) -> None:
@@ -506,11 +750,20 @@ def _read(path: Path) -> dict | None:
         return None
 
 
-def _checks(data: dict, timed_out: bool) -> list[Check]:
+def _checks(data: dict, stopped: str) -> list[Check]:
     checks = []
+    current = (data.get("current") or {}).get("test")
     for row in data["tests"]:
         if row["outcome"] is None:  # collected, never finished
-            row = {**row, "outcome": "failed", "message": TOO_LONG if timed_out else _STOPPED}
+            if not stopped:
+                message = _STOPPED
+            elif current is None:  # stopped between checks (or before the first)
+                message = TOO_LONG
+            elif row["test"] == current:
+                message = STUCK if stopped == "stuck" else TOO_LONG
+            else:
+                message = NOT_RUN
+            row = {**row, "outcome": "failed", "message": message}
         outcome = Outcome(row["outcome"])
         exercise = row["exercise"] or "?"
         passed = outcome is Outcome.PASSED
@@ -523,6 +776,133 @@ def _checks(data: dict, timed_out: bool) -> list[Check]:
             Check("?", description, False, error["message"], Outcome.ERROR, error["test"])
         )
     return checks
+
+
+# --- saying that a slow run is still running -------------------------------------------
+
+
+class _Status:
+    """Turns the :class:`Progress` snapshots of one run into what the learner sees.
+
+    Nothing for a run that ends within ``show_after_s`` (most do); then a line at least
+    every ``every_s`` seconds, and at once when a check has run for ``slow_s`` or one
+    was stopped for hanging. ``_emit`` shows it: a subclass per place.
+    """
+
+    show_after_s = _SHOW_AFTER_S
+    every_s = 5.0
+    slow_s = 1.0
+
+    def __init__(self, what: str = "") -> None:
+        self.what = what  # "0.1", or "" for every exercise
+        self.shown = False
+        self.last_line_at = -1e9
+        self.told_running = ""
+        self.told_hung = 0
+        self.last: Progress | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        self.last = progress
+        if progress.elapsed_s < self.show_after_s or (progress.finished and not self.shown):
+            return
+        for exercise, description, bound in progress.hung[self.told_hung :]:
+            self._emit_hung(exercise, description, bound)
+        self.told_hung = len(progress.hung)
+        if progress.finished:
+            return
+        slow_check = bool(progress.running) and progress.running_s >= self.slow_s
+        due = progress.elapsed_s - self.last_line_at >= self.every_s
+        if not self.shown or due or (slow_check and self.told_running != progress.running):
+            self.told_running = progress.running if slow_check else ""
+            self.last_line_at = progress.elapsed_s
+            self.shown = True
+            self._emit(progress.line(self.what))
+
+    def finish(self) -> None:
+        """The run is over: a last word, if anything was said."""
+
+    def _emit(self, line: str) -> None:
+        raise NotImplementedError
+
+    def _emit_hung(self, exercise: str, description: str, bound: float) -> None:
+        pass
+
+
+class _StderrStatus(_Status):
+    """Lines on stderr, for a terminal: ``python -m course_lib.grading`` or check() in a REPL."""
+
+    def __init__(self, what: str = "", stream=None) -> None:
+        super().__init__(what)
+        self.stream = stream
+
+    def _print(self, text: str) -> None:
+        print(f"grading: {text}", file=self.stream or sys.stderr, flush=True)
+
+    def _emit(self, line: str) -> None:
+        self._print(line)
+
+    def _emit_hung(self, exercise: str, description: str, bound: float) -> None:
+        which = "" if exercise == self.what else f"{exercise} "
+        self._print(f'{which}"{description}" hung: stopped after {bound:g} s')
+
+
+class _NotebookStatus(_Status):
+    """One line under the cell, updated in place (an IPython display handle)."""
+
+    every_s = 0.5  # in place: an update costs nothing on screen
+
+    def __init__(self, what: str = "") -> None:
+        super().__init__(what)
+        self.handle = None
+
+    def _emit(self, line: str) -> None:
+        # Imported here, never at module level: grading works without IPython.
+        from IPython.display import display
+
+        shown = _StatusLine(f"⏳ {line}")
+        if self.handle is None:
+            self.handle = display(shown, display_id=True)
+        else:
+            self.handle.update(shown)
+
+    def finish(self) -> None:
+        if self.handle is None or self.last is None:
+            return
+        hung = len(self.last.hung)
+        text = f"Checked {self.what or 'every exercise'} in {self.last.elapsed_s:.0f} s"
+        if hung:
+            text += f": {_count(hung, 'check')} hung and {'was' if hung == 1 else 'were'} stopped"
+        self.handle.update(_StatusLine(text + "."))
+
+
+class _StatusLine:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def _repr_html_(self) -> str:
+        return f'<div class="course-grade-status">{html.escape(self.text)}</div>'
+
+
+def _in_notebook() -> bool:
+    if "ipykernel" not in sys.modules:  # not a kernel: do not import IPython to find out
+        return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _status(progress: bool | ProgressCallback, what: str) -> ProgressCallback | None:
+    if progress is False or progress is None:
+        return None
+    if progress is True:
+        return _NotebookStatus(what) if _in_notebook() else _StderrStatus(what)
+    return progress
 
 
 # --- command line -----------------------------------------------------------------------
@@ -553,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        report = grade(args.target, args.exercise, timeout_s=args.timeout)
+        report = grade(args.target, args.exercise, timeout_s=args.timeout, progress=True)
     except ValueError as exc:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -80,9 +80,15 @@ def test_an_assertion_the_learners_code_raised_is_reported_as_raised():
     )
 
 
-def test_a_pytest_timeout_says_it_took_too_long():
-    exc = _raised(lambda: pytest.fail("Timeout (>15.0s) from pytest-timeout."))
-    assert human_message(exc) == TOO_LONG
+def test_a_pytest_timeout_says_when_it_stopped_the_check_and_what_to_look_for():
+    exc = _raised(lambda: pytest.fail("Timeout (>5.0s) from pytest-timeout."))
+    message = human_message(exc)
+    assert message == grading.hung_message(5)
+    assert message.startswith("took too long: stopped after 5 s.")
+    # What hangs in real time on a virtual clock: the three things to look for.
+    assert "await nothing ever wakes" in message and "sleep(0)" in message
+    assert "time.sleep()" in message
+    assert len(message) <= 160, "one line in the table"
 
 
 def test_looptime_giving_up_says_it_took_too_long():
@@ -209,6 +215,58 @@ def test_exercises_are_discovered_from_the_grading_tests():
     assert known["0.1"].module == "ch00_warmup"
     assert known["0.1"].title == "gather_in_order"
     assert list(known) == sorted(known, key=grading._id_key)
+
+
+def test_titles_name_what_each_exercise_defines():
+    known = grading.discover(ROOT / "tests" / "exercises")
+    assert known["2.3"].title == "Deadline"  # a class
+    assert known["4.1"].title == "claim and ack"  # two functions, in the stub's order
+
+
+def _course_copy(tmp_path: Path) -> Path:
+    """The course's grading tests, stubs and model answers, as a learner's checkout."""
+    for folder in ("tests/exercises", "exercises", "solutions"):
+        shutil.copytree(ROOT / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__py*"))
+    return tmp_path / "tests" / "exercises"
+
+
+def test_the_title_stays_once_the_learner_has_replaced_the_stubs_raise(tmp_path):
+    tests = _course_copy(tmp_path)
+    stub = tmp_path / "exercises" / "ch00_warmup.py"
+    # Solved: the raise NotImplementedError("Exercise 0.1: gather_in_order") is gone.
+    stub.write_text((ROOT / "solutions" / "ch00_warmup.py").read_text())
+    assert "NotImplementedError" not in stub.read_text()
+    report = GradeReport("exercises", (grading.discover(tests)["0.1"],), ())
+    assert str(report).startswith("Exercise 0.1 · gather_in_order: not solved yet"), str(report)
+
+
+def test_the_title_survives_a_stub_without_its_docstring_or_that_does_not_parse(tmp_path):
+    tests = _course_copy(tmp_path)
+    (tmp_path / "exercises" / "ch00_warmup.py").write_text(
+        "async def gather_in_order(*aws):\n    return [await a for a in aws]\n\ndef broken(:\n"
+    )
+    assert grading.discover(tests)["0.1"].title == "gather_in_order"  # from solutions/
+
+
+def test_a_docstring_after_a_signature_over_several_lines_names_its_def():
+    source = textwrap.dedent(
+        '''
+        class Pool:
+            """Exercise 9.2: a pool."""
+
+            def helper(self):
+                """Not an exercise."""
+
+        async def wait_all(
+            tasks: list[int],
+            *,
+            timeout_s: float | None = None,
+        ) -> bool:
+            r"""Exercise 9.1: wait."""
+            raise NotImplementedError("Exercise 9.1: wait_all")
+        '''
+    )
+    assert grading._docstring_owners(source) == [("9.2", "Pool"), ("9.1", "wait_all")]
 
 
 def test_exercise_ids_sort_as_numbers():
@@ -394,7 +452,7 @@ def test_a_hung_check_times_out_and_the_others_still_run(fake_course):
     )
     rows = {row.description: row for row in report.checks}
     assert rows["Answers at once."].passed
-    assert rows["Comes back."].message == TOO_LONG
+    assert rows["Comes back."].message == grading.hung_message(1)
     assert rows["Runs after the hang."].passed
 
 
@@ -419,7 +477,8 @@ def test_a_run_past_its_deadline_is_killed_with_everything_it_started(
     rows = {row.description: row for row in report.checks}
     assert rows["Answers at once."].passed, str(report)
     assert rows["Comes back."].message == TOO_LONG
-    assert rows["Runs after the hang."].message == TOO_LONG
+    # It never started: it did not take too long, it was not run.
+    assert rows["Runs after the hang."].message == grading.NOT_RUN
     assert not report.ok
     child = int(pidfile.read_text())
     deadline = time.monotonic() + 5
