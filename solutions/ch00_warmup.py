@@ -14,6 +14,7 @@ async def gather_in_order(*aws: Awaitable[Any]) -> list[Any]:
 
     A TaskGroup starts them all, waits for all, and, when one fails, cancels
     the rest and waits for their cleanup before raising an ExceptionGroup.
+    Cancelled while it waits, it does the same, then lets CancelledError out.
     """
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(_as_coroutine(aw)) for aw in aws]
