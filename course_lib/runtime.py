@@ -1,34 +1,42 @@
-"""Run a coroutine to completion from anywhere: a script, or a notebook cell.
+"""Run a coroutine on a loop of its own: from a script, a notebook cell, or a coroutine.
 
 ``asyncio.run()`` refuses to start while a loop is already running in the
-thread, and a Jupyter kernel always has one. ``run()`` works in both places:
+thread, and a Jupyter kernel always has one. Two ways around it:
 
-    from course_lib.runtime import run
-    result = run(main(), timeout_s=5)
+    from course_lib.runtime import run, run_in_thread
+    result = run(main(), timeout_s=5)                    # blocks the calling thread
+    result = await run_in_thread(main(), timeout_s=5)    # the caller's loop runs on
 
-With no running loop it behaves like ``asyncio.run()``. Inside a running loop
-(a notebook cell, or sync code called from a coroutine) it runs the coroutine
-on a *fresh* loop in a helper thread and blocks the caller until it ends. The
-kernel's own loop stays untouched, unlike ``nest_asyncio``, which patches
-asyncio for the whole process (chapter 0 measures what that costs).
+``run()`` is for synchronous code. With no running loop it behaves like
+``asyncio.run()``. Inside a running loop (a notebook cell) it runs the
+coroutine on a *fresh* loop in a helper thread and blocks the calling thread
+until it ends: the loop of that thread, the kernel's in a notebook, stalls,
+and every task on it (a heartbeat, another cell's background work) waits
+until ``run()`` returns. ``run_in_thread()`` is the awaitable form for
+coroutines: the same fresh loop in a helper thread, while the caller's loop
+keeps running. Both leave the kernel's own loop untouched, unlike
+``nest_asyncio``, which patches asyncio for the whole process (chapter 0
+measures what that costs).
 
-In a notebook, plain top-level ``await main()`` is usually what you want.
-``run()`` is for code that must not share the kernel's loop: a uvloop run
-(``run(main(), loop_factory=uvloop.new_event_loop)``), a benchmark, or a
-blocking call made from synchronous code.
+In a notebook, plain top-level ``await main()`` is usually what you want. A
+loop of its own is for code that must not share the kernel's loop: a uvloop
+run (``loop_factory=uvloop.new_event_loop``), or a benchmark.
 """
 
 from __future__ import annotations
 
-__all__ = ["run"]
+__all__ = ["run", "run_in_thread"]
 
 import asyncio
+import contextlib
 import inspect
+import logging
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def run(
@@ -44,13 +52,15 @@ def run(
     and ``TimeoutError`` is raised. ``loop_factory`` picks the loop
     (``uvloop.new_event_loop``, for example).
 
-    From inside a running loop the new loop lives in a helper thread: the
-    caller's thread blocks until the coroutine is done. Interrupting that wait
+    It blocks the calling thread until the coroutine is done. From inside a
+    running loop the new loop lives in a helper thread, and the running loop
+    stalls meanwhile: no other task on it runs until run() returns. From a
+    coroutine, ``await run_in_thread(...)`` instead. Interrupting the wait
     (Ctrl-C, or the kernel's interrupt button) cancels the coroutine, waits for
     its cleanup and re-raises ``KeyboardInterrupt``.
     """
     if not inspect.iscoroutine(coro):
-        _refuse(coro)
+        _refuse(coro, "run")
     main = _with_timeout(coro, timeout_s)
     try:
         try:
@@ -67,18 +77,102 @@ def run(
             coro.close()
 
 
-def _refuse(obj: object) -> None:
+async def run_in_thread(
+    coro: Coroutine[Any, Any, T],
+    *,
+    timeout_s: float | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> T:
+    """Run ``coro`` on a fresh loop in a helper thread; the caller's loop runs on.
+
+        rows = await run_in_thread(benchmark(), loop_factory=uvloop.new_event_loop)
+
+    Returns what ``coro`` returns, raises what it raises; ``timeout_s`` and
+    ``loop_factory`` as in ``run()``. Context variables of the awaiting task
+    reach the coroutine. Cancelling the awaiting task cancels the coroutine in
+    its thread and waits for its cleanup to end, further cancels included, then
+    raises CancelledError: nothing is left running in the helper thread (the
+    course's rule, see ``course_lib.lifecycle``). Unlike ``run()``, Ctrl-C is not
+    handled here: in a script, asyncio.run() turns it into a cancel of the main
+    task, which reaches the coroutine through that rule.
+    """
+    if not inspect.iscoroutine(coro):
+        _refuse(coro, "run_in_thread")
+    caller_loop = asyncio.get_running_loop()
+    main = _with_timeout(coro, timeout_s)
+    try:
+        loop = (loop_factory or asyncio.new_event_loop)()
+    except BaseException:
+        main.close()
+        coro.close()
+        raise
+    task = loop.create_task(main)  # copies the awaiting task's context
+    ended = caller_loop.create_future()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with asyncio.Runner(loop_factory=lambda: loop) as runner:
+                outcome["result"] = runner.run(_wait(task))
+        except BaseException as exc:  # handed to the caller's loop, never lost
+            outcome["error"] = exc
+        finally:
+            # After the Runner has closed the loop (async generators and the
+            # default executor shut down too): once `ended` is set, nothing runs.
+            try:
+                caller_loop.call_soon_threadsafe(_set_done, ended)
+            except RuntimeError:  # the caller's loop is closed: nobody is waiting
+                pass
+
+    thread = threading.Thread(target=target, name="course_lib.runtime.run_in_thread")
+    thread.start()
+    ours: asyncio.CancelledError | None = None
+    while not ended.done():
+        try:
+            # shield(): a cancel of the caller must not cancel `ended`, which only
+            # the helper thread may finish.
+            await asyncio.shield(ended)
+        except asyncio.CancelledError as exc:
+            if ours is None:
+                ours = exc
+                with contextlib.suppress(RuntimeError):  # closed: the work is over
+                    loop.call_soon_threadsafe(task.cancel)
+    thread.join()  # the thread has returned or is returning: no real wait
+    if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+        coro.close()  # cancelled before its first step: no "never awaited" warning
+    if ours is not None:
+        error = outcome.pop("error", None)
+        if error is not None and not isinstance(error, asyncio.CancelledError):
+            logger.error("run_in_thread(): the cancelled coroutine failed in its cleanup",
+                         exc_info=error)
+        del error
+        raise ours
+    if "error" in outcome:
+        error = outcome.pop("error")
+        try:
+            raise error
+        finally:
+            del error  # no reference cycle through the traceback
+    return outcome["result"]
+
+
+def _set_done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _refuse(obj: object, fn: str) -> None:
     if inspect.iscoroutinefunction(obj):
         name = getattr(obj, "__qualname__", repr(obj))
         raise TypeError(
-            f"run() needs a coroutine, not the function {name}: call it, run({name}(...))"
+            f"{fn}() needs a coroutine, not the function {name}: call it, {fn}({name}(...))"
         )
     if inspect.isawaitable(obj):
         raise TypeError(
-            f"run() needs a coroutine object, got {type(obj).__name__}: a task or future "
+            f"{fn}() needs a coroutine object, got {type(obj).__name__}: a task or future "
             "belongs to the loop that made it; await it there instead"
         )
-    raise TypeError(f"run() needs a coroutine, got {type(obj).__name__}: {obj!r}")
+    raise TypeError(f"{fn}() needs a coroutine, got {type(obj).__name__}: {obj!r}")
 
 
 async def _with_timeout(coro: Coroutine[Any, Any, T], timeout_s: float | None) -> T:
