@@ -650,8 +650,8 @@ async def test_retry_cancelled_during_an_attempt_stops_at_once(ex):
         retrying.cancel()
         await asyncio.wait({retrying}, timeout=60)
         assert retrying.done(), "retry() was still running 60 s after it was cancelled" + (
-            f": it started another attempt at {flaky.starts[1]:g} s; a CancelledError is not "
-            "a failure to retry (catch Exception, not BaseException)"
+            ": a CancelledError is not a failure to retry (catch Exception, not BaseException);"
+            f" it started another attempt at {flaky.starts[1]:g} s"
             if len(flaky.starts) > 1
             else ""
         )
@@ -679,7 +679,10 @@ async def test_retry_does_not_retry_a_cancellederror_raised_by_fn(ex):
         await asyncio.wait({retrying}, timeout=60)
         await asyncio.sleep(100)
         _raise_if_failed(retrying)
-        assert starts == [0], f"attempts started at {starts!r} s: a CancelledError is not retried"
+        assert starts == [0], (
+            "a CancelledError is not retried (catch Exception, not BaseException): attempts "
+            f"started at {starts!r} s"
+        )
         assert retrying.cancelled(), "fn()'s CancelledError should come out of retry()"
 
 
@@ -742,19 +745,18 @@ async def test_retry_raises_an_error_not_in_retry_on_at_once(ex):
 async def test_retry_survives_a_thousand_failures(ex):
     """1,100 failing attempts, base_s=0.5, max_s=4, rand()=1: waits 0.5, 1, 2, then 4 s each."""
     flaky, sleeps = _Flaky(fails=10_000), _Sleeps()
-    try:
-        outcome = await _outcome(
-            100_000,
-            _retry(ex, flaky, attempts=1100, base_s=0.5, max_s=4, rand=lambda: 1.0, sleep=sleeps),
-            _RETRY_HANGS.format(100_000),
-        )
-    except OverflowError as exc:
-        pytest.fail(
-            f"OverflowError after {len(flaky.starts)} failures ({exc}): base_s * 2 ** (n - 1) "
-            "is too large for a float past n = 1,024; keep the cap as a number you double and "
-            "clip with min(max_s, ...)"
-        )
+    outcome = await _outcome(
+        100_000,
+        _retry(ex, flaky, attempts=1100, base_s=0.5, max_s=4, rand=lambda: 1.0, sleep=sleeps),
+        _RETRY_HANGS.format(100_000),
+    )
     how, error = outcome
+    if isinstance(error, OverflowError):
+        pytest.fail(
+            f"OverflowError after {len(flaky.starts)} failures: base_s * 2 ** (n - 1) is too "
+            "large for a float past n = 1,024; keep the cap as a number you double and clip "
+            "with min(max_s, ...)"
+        )
     assert how == "raised" and isinstance(error, ExceptionGroup), (
         f"after 1,100 failed attempts it {_said(outcome)}, expected an ExceptionGroup"
     )
@@ -1007,10 +1009,9 @@ async def test_deadline_shared_by_two_tasks_fires_in_both(ex):
             f"the quick task's block ended as {ended.get('quick')!r}, expected (1, 'finished')"
         )
         assert ended.get("slow") == (5, "TimeoutError"), (
-            f"the slow task's block ended as {ended.get('slow')!r}, expected (5, 'TimeoutError'):"
-            " when the quick task left its block it exited the slow task's scope (one list shared"
-            " by every task). Keep each task's scopes apart (a dict keyed by "
-            "asyncio.current_task())"
+            "one list shared by every task? Leaving its block, the quick task exited the slow "
+            f"one's scope: that block ended as {ended.get('slow')!r}, not (5, 'TimeoutError')."
+            " Keep each task's scopes apart (a dict keyed by asyncio.current_task())"
         )
 
 
