@@ -5,10 +5,15 @@ and waited for, never left behind.
 
 - ``Deadline``: an absolute time on the loop's clock, passed from call to call;
   ``child()`` never ends later than its parent; ``async with deadline:`` applies it.
-- ``retry()``: exponential backoff with full jitter, under a deadline, never
-  retrying a cancellation; gives up with a ``RetryError`` holding every attempt's error.
+- ``retry()``: exponential backoff with full jitter, under a deadline, retrying only
+  the errors the caller names transient (``retry_on``, required), never a
+  cancellation; gives up with a ``RetryError`` holding every attempt's error.
 - ``first_completed()``: the first successful result; the losers are cancelled and
   awaited before it returns. ``as_completed_within()``: completions until a deadline.
+
+Both follow the course's rule for a caller cancelled during cleanup (stated in full in
+``course_lib.lifecycle``): what they started is cancelled and waited for to the end,
+further cancels included, before CancelledError reaches the caller, as TaskGroup does.
 """
 
 __all__ = ["Deadline", "RetryError", "as_completed_within", "backoff_s", "first_completed", "retry"]
@@ -140,7 +145,8 @@ class RetryError(ExceptionGroup):
     """``retry()`` gave up: every attempt's error in order, as an ExceptionGroup.
 
         try:
-            await retry(connect, attempts=5, base_s=0.1, max_s=2, deadline=deadline)
+            await retry(connect, attempts=5, base_s=0.1, max_s=2,
+                        retry_on=ConnectionError, deadline=deadline)
         except RetryError as gave_up:
             log.error("unreachable after %d attempts (out of time: %s): %r",
                       gave_up.attempts, gave_up.timed_out, gave_up.exceptions[-1])
@@ -169,15 +175,20 @@ class RetryError(ExceptionGroup):
 
 async def retry(
     fn: Callable[[], Awaitable[T]], *, attempts: int, base_s: float, max_s: float,
-    jitter: str = "full", retry_on: type[Exception] | tuple[type[Exception], ...] = (Exception,),
+    retry_on: type[Exception] | tuple[type[Exception], ...], jitter: str = "full",
     deadline: Deadline | None = None, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
     on_retry: Callable[[int, Exception, float], object] | None = None,
 ) -> T:
     """Await ``fn()`` up to ``attempts`` times, sleeping ``backoff_s(n)`` after failure n.
 
-    ``fn`` makes a fresh awaitable per attempt (``lambda: fetch(url)``). An error not in
-    ``retry_on`` is raised as is. Out of attempts: ``RetryError`` with every error.
+        await retry(lambda: fetch(url), attempts=5, base_s=0.1, max_s=2,
+                    retry_on=(ConnectionError, TimeoutError))
+
+    ``fn`` makes a fresh awaitable per attempt (``lambda: fetch(url)``). ``retry_on``
+    is required: the caller says which errors are transient (a lost connection, a
+    timeout); a bug (KeyError, TypeError) retried only fails more slowly. An error
+    not in ``retry_on`` is raised as is. Out of attempts: ``RetryError`` with every error.
     With a ``deadline``, each attempt runs under it, and the retry stops with a
     ``RetryError`` (``timed_out``, a TimeoutError last) when it passes during an
     attempt or when the next backoff would reach it: no sleep outlasts the deadline.
@@ -288,8 +299,9 @@ def as_completed_within(aws: Iterable[Awaitable[T]], timeout_s: float | None = N
 
     When time runs out the iteration just ends (``timed_out`` says so). Leaving the
     block, by the end, ``break``, an error or a cancel, cancels what is still running
-    and awaits it: an async generator could not promise that, its cleanup after a
-    ``break`` waits for the garbage collector. Errors of futures you did not look at,
+    and awaits it, through further cancels of the caller, which it raises afterwards:
+    an async generator could not promise that, its cleanup after a ``break`` waits for
+    the garbage collector. Errors of futures you did not look at,
     or that ended before the block did, are dropped; one raised on cancel is logged.
     """
     aws = list(aws)
@@ -305,9 +317,14 @@ async def first_completed(*aws: Awaitable[T], timeout_s: float | None = None) ->
     A failure does not win; when all fail, an ExceptionGroup of their errors in
     completion order (a BaseExceptionGroup if some were cancelled by someone else).
     After ``timeout_s``: TimeoutError, its ``__cause__`` the failures so far. Futures
-    passed in are cancelled too when they lose. Whatever happens, including a cancel of
-    the caller, every loser has ended before this returns or raises: a loser that
-    ignores cancellation is waited for (with a warning after 5 s), as a TaskGroup would.
+    passed in are cancelled too when they lose.
+
+    Whatever happens, every loser has ended before this returns or raises. If the
+    caller is cancelled, during the race or while the losers clean up, the losers are
+    cancelled (once) and waited for to the end, further cancels of the caller
+    included, and then the caller's CancelledError is raised. ``timeout_s`` bounds the
+    race, not that wait: a loser that ignores cancellation is waited for (with a
+    warning after 5 s), as a TaskGroup would.
     """
     if not aws:
         raise ValueError("first_completed() needs at least one awaitable")

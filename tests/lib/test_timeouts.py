@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import pickle
@@ -315,7 +316,8 @@ def test_backoff_doubles_up_to_max_s_and_jitters_as_asked():
 @pytest.mark.looptime
 async def test_retry_returns_the_first_success_after_exact_backoff_delays():
     fn = Flaky(ConnectionError("a"), ConnectionError("b"), ConnectionError("c"))
-    assert await retry(fn, attempts=5, base_s=1, max_s=100, jitter="none") == "ok"
+    assert await retry(fn, attempts=5, base_s=1, max_s=100, retry_on=ConnectionError,
+                       jitter="none") == "ok"
     assert fn.calls == [0, 1, 3, 7]  # slept 1, 2, 4
 
 
@@ -323,7 +325,8 @@ async def test_retry_returns_the_first_success_after_exact_backoff_delays():
 async def test_full_jitter_sleeps_rand_times_the_capped_delay():
     sleep = RecordingSleep()
     fn = Flaky(*(ConnectionError(str(n)) for n in range(5)))
-    await retry(fn, attempts=6, base_s=1, max_s=5, sleep=sleep, rand=lambda: 0.5)
+    await retry(fn, attempts=6, base_s=1, max_s=5, retry_on=ConnectionError, sleep=sleep,
+                rand=lambda: 0.5)
     assert sleep.delays == [0.5, 1, 2, 2.5, 2.5]
 
 
@@ -331,7 +334,8 @@ async def test_full_jitter_sleeps_rand_times_the_capped_delay():
 async def test_equal_jitter_sleeps_half_the_cap_plus_a_random_half():
     sleep = RecordingSleep()
     fn = Flaky(ConnectionError("a"), ConnectionError("b"))
-    await retry(fn, attempts=3, base_s=2, max_s=10, jitter="equal", sleep=sleep,
+    await retry(fn, attempts=3, base_s=2, max_s=10, retry_on=ConnectionError, jitter="equal",
+                sleep=sleep,
                 rand=lambda: 0.5)
     assert sleep.delays == [1.5, 3]
 
@@ -342,7 +346,7 @@ async def test_out_of_attempts_raises_a_retry_error_with_every_error_in_order():
     errors = [ConnectionError("a"), OSError("b"), ConnectionError("c")]
     fn = Flaky(*errors)
     with pytest.raises(RetryError) as caught:
-        await retry(fn, attempts=3, base_s=1, max_s=10, jitter="none")
+        await retry(fn, attempts=3, base_s=1, max_s=10, retry_on=OSError, jitter="none")
     assert list(caught.value.exceptions) == errors
     assert caught.value.attempts == 3 and not caught.value.timed_out
     assert str(caught.value) == "gave up after 3 attempts (3 sub-exceptions)"
@@ -353,7 +357,8 @@ async def test_out_of_attempts_raises_a_retry_error_with_every_error_in_order():
 async def test_except_star_picks_errors_out_of_a_retry_error():
     fn = Flaky(ConnectionError("a"), ValueError("b"))
     try:
-        await retry(fn, attempts=2, base_s=1, max_s=1, sleep=RecordingSleep())
+        await retry(fn, attempts=2, base_s=1, max_s=1, retry_on=(ConnectionError, ValueError),
+                    sleep=RecordingSleep())
     except* ConnectionError as group:
         assert isinstance(group, RetryError) and group.attempts == 2
         assert [str(e) for e in group.exceptions] == ["a"]
@@ -381,7 +386,7 @@ async def test_a_non_retryable_error_is_raised_as_is_at_once():
 @pytest.mark.looptime
 async def test_an_outer_cancel_during_an_attempt_propagates_with_no_further_attempt():
     fn = Flaky(*[ConnectionError("down")] * 5, duration_s=10)
-    task = asyncio.create_task(retry(fn, attempts=5, base_s=1, max_s=1))
+    task = asyncio.create_task(retry(fn, attempts=5, base_s=1, max_s=1, retry_on=ConnectionError))
     await asyncio.sleep(5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -394,7 +399,8 @@ async def test_an_outer_cancel_during_an_attempt_propagates_with_no_further_atte
 @pytest.mark.looptime
 async def test_an_outer_cancel_during_the_backoff_sleep_propagates_at_once():
     fn = Flaky(*[ConnectionError("down")] * 5)
-    task = asyncio.create_task(retry(fn, attempts=5, base_s=10, max_s=10, jitter="none"))
+    task = asyncio.create_task(retry(fn, attempts=5, base_s=10, max_s=10, retry_on=ConnectionError,
+                                     jitter="none"))
     await asyncio.sleep(5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -409,8 +415,8 @@ async def test_the_deadline_stops_the_retry_before_a_sleep_that_would_reach_it()
     errors = [ConnectionError("a"), ConnectionError("b")]
     fn = Flaky(*errors, *errors)
     with pytest.raises(RetryError) as caught:
-        await retry(fn, attempts=5, base_s=4, max_s=100, jitter="none",
-                    deadline=Deadline.after(10))
+        await retry(fn, attempts=5, base_s=4, max_s=100, retry_on=ConnectionError,
+                    jitter="none", deadline=Deadline.after(10))
     assert now() == 4  # slept 4, then a backoff of 8 would have ended at 12 > 10
     assert fn.calls == [0, 4]
     assert caught.value.timed_out and caught.value.attempts == 2
@@ -442,7 +448,8 @@ async def test_an_attempt_that_turns_the_deadlines_cancel_into_another_error_end
             raise ConnectionError("aborted") from None
 
     with pytest.raises(RetryError) as caught:
-        await retry(rude, attempts=5, base_s=1, max_s=1, deadline=Deadline.after(3))
+        await retry(rude, attempts=5, base_s=1, max_s=1, retry_on=ConnectionError,
+                    deadline=Deadline.after(3))
     first, timeout = caught.value.exceptions
     assert str(first) == "aborted" and isinstance(timeout, TimeoutError)
     assert caught.value.timed_out and now() == 3
@@ -455,7 +462,8 @@ async def test_an_exception_from_on_retry_ends_the_retry():
 
     fn = Flaky(ConnectionError("a"))
     with pytest.raises(RuntimeError, match="circuit open"):
-        await retry(fn, attempts=3, base_s=1, max_s=1, sleep=RecordingSleep(), on_retry=give_up)
+        await retry(fn, attempts=3, base_s=1, max_s=1, retry_on=ConnectionError,
+                    sleep=RecordingSleep(), on_retry=give_up)
     assert len(fn.calls) == 1
 
 
@@ -463,7 +471,7 @@ async def test_an_exception_from_on_retry_ends_the_retry():
 @pytest.mark.looptime
 async def test_an_attempts_own_timeout_error_is_retried_under_the_deadline():
     fn = Flaky(TimeoutError("socket read"))
-    assert await retry(fn, attempts=2, base_s=1, max_s=1, jitter="none",
+    assert await retry(fn, attempts=2, base_s=1, max_s=1, retry_on=TimeoutError, jitter="none",
                        deadline=Deadline.after(60)) == "ok"
     assert fn.calls == [0, 1]
 
@@ -474,7 +482,7 @@ async def test_each_retry_is_logged_and_reported_to_on_retry(caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     seen: list[tuple[int, str, float]] = []
     fn = Flaky(ConnectionError("down"), ConnectionError("still down"))
-    await retry(fn, attempts=5, base_s=0.4, max_s=10, jitter="none",
+    await retry(fn, attempts=5, base_s=0.4, max_s=10, retry_on=ConnectionError, jitter="none",
                 on_retry=lambda n, exc, delay_s: seen.append((n, str(exc), delay_s)))
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER] == [
         "↻ retry 2/5 in 0.4s after ConnectionError('down')",
@@ -505,15 +513,26 @@ async def test_each_retry_is_logged_and_reported_to_on_retry(caplog):
 async def test_retry_refuses_bad_arguments_before_the_first_attempt(kwargs, error, match):
     fn = Flaky()
     with pytest.raises(error, match=match):
-        await retry(fn, **{"attempts": 3, "base_s": 1, "max_s": 10, **kwargs})
+        await retry(fn, **{"attempts": 3, "base_s": 1, "max_s": 10, "retry_on": OSError, **kwargs})
     assert fn.calls == []
+
+
+@pytest.mark.asyncio
+async def test_retry_makes_the_caller_say_what_is_transient():
+    # No default: retry_on=(Exception,) would retry a KeyError from a typo five times.
+    fn = Flaky(KeyError("typo"))
+    with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'retry_on'"):
+        await retry(fn, attempts=3, base_s=1, max_s=10)  # type: ignore[call-arg]
+    assert fn.calls == []
+    assert inspect.signature(retry).parameters["retry_on"].default is inspect.Parameter.empty
 
 
 @pytest.mark.asyncio
 async def test_retry_refuses_a_coroutine_and_closes_it():
     coro = racer("a", 1, [])
     with pytest.raises(TypeError, match="zero-argument callable"):
-        await retry(coro, attempts=3, base_s=1, max_s=1)  # type: ignore[arg-type]
+        await retry(coro, attempts=3, base_s=1, max_s=1,  # type: ignore[arg-type]
+                    retry_on=OSError)
     assert coro.cr_frame is None  # closed: no "never awaited" warning
 
 
@@ -521,7 +540,7 @@ async def test_retry_refuses_a_coroutine_and_closes_it():
 async def test_a_callable_that_returns_no_awaitable_is_a_type_error_not_retried():
     calls: list[int] = []
     with pytest.raises(TypeError, match="must return an awaitable"):
-        await retry(lambda: calls.append(1), attempts=3, base_s=1, max_s=1)
+        await retry(lambda: calls.append(1), attempts=3, base_s=1, max_s=1, retry_on=OSError)
     assert calls == [1]
 
 
@@ -612,6 +631,43 @@ async def test_a_second_cancel_of_the_caller_does_not_cut_the_losers_cleanup_sho
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert log == ["a cancelled at 1", "a cleaned up at 5"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_a_caller_cancelled_while_the_losers_clean_up_waits_for_them_then_raises(cancels):
+    # The course's rule (course_lib.lifecycle's module doc): a winner is in, the losers
+    # are cleaning up, and the caller is cancelled (twice): nothing is left running.
+    before = asyncio.all_tasks()
+    log: list[str] = []
+    caller = asyncio.create_task(first_completed(
+        racer("a", 1, log), racer("b", 10, log, cleanup_s=4), racer("c", 10, log, cleanup_s=2)
+    ))
+    await asyncio.sleep(2)  # "a" won at 1; "b" and "c" clean up until 5 and 3
+    for _ in range(cancels):
+        caller.cancel()
+        await asyncio.sleep(0.5)
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert sorted(log) == ["b cancelled at 1", "b cleaned up at 5",
+                           "c cancelled at 1", "c cleaned up at 3"]
+    assert now() == 5 and caller.cancelling() == cancels
+    assert asyncio.all_tasks() == before
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_caller_cancelled_after_the_timeout_still_waits_for_the_cleanup():
+    before = asyncio.all_tasks()
+    log: list[str] = []
+    caller = asyncio.create_task(first_completed(racer("a", 10, log, cleanup_s=3), timeout_s=2))
+    await asyncio.sleep(3)  # timed out at 2: "a" cleans up until 5
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):  # the cancel, not the TimeoutError
+        await caller
+    assert log == ["a cancelled at 2", "a cleaned up at 5"] and now() == 5
+    assert asyncio.all_tasks() == before
 
 
 @pytest.mark.asyncio
