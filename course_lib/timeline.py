@@ -57,9 +57,14 @@ class TaskRecord:
     started_s: float | None = None
     ended_s: float | None = None
     outcome: Outcome = Outcome.PENDING
-    parent: str | None = None  # name of the task that created it, if any
+    # The task that was running when this one was created, if any. Not a parent: a
+    # task has none. Its creator may end first, and a cancel of the creator does not
+    # reach it (cancellation travels down the await chain, not the creation history).
+    created_by: str | None = None
     error: str | None = None  # repr() of the exception of a FAILED task
-    parent_record: "TaskRecord | None" = dataclasses.field(default=None, repr=False, compare=False)
+    created_by_record: "TaskRecord | None" = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
     _task: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
 
@@ -146,7 +151,7 @@ class _Recorded(collections.abc.Coroutine):
 
 class Row(NamedTuple):
     name: str
-    parent: str
+    created_by: str  # the task running when it was created ("" for none), not a parent
     created_ms: float
     started_ms: float | None
     ended_ms: float | None
@@ -262,8 +267,8 @@ class Timeline:
         for record in self._records:  # final names for tasks still running
             if record.outcome is Outcome.PENDING:
                 self._refresh_name(record)
-            if record.parent_record is not None:
-                record.parent = record.parent_record.name
+            if record.created_by_record is not None:
+                record.created_by = record.created_by_record.name
 
     def mark(self, label: str) -> Mark:
         """Record an instant, drawn as a dashed vertical line."""
@@ -299,11 +304,11 @@ class Timeline:
         record = TaskRecord(
             name=kwargs.get("name") or "",
             created_s=self._now(),
-            parent=creator.get_name() if creator is not None else None,
-            parent_record=self._record_of(creator),
+            created_by=creator.get_name() if creator is not None else None,
+            created_by_record=self._record_of(creator),
         )
         # Appended before the task exists: an eager task (3.12+) runs inside the
-        # factory, and the tasks it creates must come after their parent.
+        # factory, and the tasks it creates must come after it.
         self._records.append(record)
         recorded = _Recorded(coro, record, self)
         try:
@@ -380,13 +385,17 @@ class Timeline:
     # -- presentation ----------------------------------------------------------------
 
     def table(self) -> Table:
-        """One row per task in creation order, times in milliseconds."""
+        """One row per task in creation order, times in milliseconds.
+
+        ``created_by`` names the task that was running when the row's task was created
+        (empty for none): who called ``create_task``, not a parent, which tasks lack.
+        """
 
         def ms(s: float | None) -> float | None:
             return None if s is None else round(s * 1000, 6)
 
         return Table(
-            Row(r.name, r.parent or "", ms(r.created_s), ms(r.started_s), ms(r.ended_s),
+            Row(r.name, r.created_by or "", ms(r.created_s), ms(r.started_s), ms(r.ended_s),
                 r.outcome.value, r.error or "")
             for r in self._records
         )
@@ -409,6 +418,7 @@ class Timeline:
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
+        from matplotlib.transforms import blended_transform_factory
 
         records = self._records[:max_rows]
         end_s = self.duration_s or 0.0  # where bars of still-running tasks stop
@@ -418,6 +428,9 @@ class Timeline:
         fig = Figure(figsize=(9, 1.8 + 0.3 * max(len(records), 1)), layout="constrained")
         FigureCanvasAgg(fig)  # headless: savefig and the notebook's PNG both work
         ax = fig.add_subplot()
+        # Texts to keep inside the axes once the layout is known: outcome labels,
+        # span labels, mark labels.
+        outcomes, spans, marks = [], [], []
         for y, r in enumerate(records):
             created, ended = r.created_s * 1000, (end_s if r.ended_s is None else r.ended_s) * 1000
             started = ended if r.started_s is None else r.started_s * 1000
@@ -427,17 +440,20 @@ class Timeline:
             ax.barh(y, max(ended - started, sliver), left=started, height=0.6,
                     color=_COLOURS[r.outcome])
             if r.outcome is Outcome.FAILED and r.error:
-                ax.text(ended + sliver, y, " " + r.error.split("(", 1)[0], va="center",
-                        fontsize=8, color=_COLOURS[Outcome.FAILED])
+                outcomes.append(ax.text(ended + sliver, y, " " + r.error.split("(", 1)[0],
+                                        va="center", fontsize=8,
+                                        color=_COLOURS[Outcome.FAILED]))
         for s in self._spans:
             stop = (end_s if s.end_s is None else s.end_s) * 1000
             ax.axvspan(s.start_s * 1000, stop, color="#4C72B0", alpha=0.10, linewidth=0)
-            ax.text(s.start_s * 1000, 0.01, f" {s.label}", transform=ax.get_xaxis_transform(),
-                    fontsize=8, color="#2F4B7C", va="bottom")
+            spans.append(ax.text(s.start_s * 1000, 0.01, f" {s.label}",
+                                  transform=ax.get_xaxis_transform(), fontsize=8,
+                                  color="#2F4B7C", va="bottom"))
         for m in self._marks:
             ax.axvline(m.at_s * 1000, color="#333333", linestyle="--", linewidth=1)
-            ax.text(m.at_s * 1000, 1.01, f" {m.label}", transform=ax.get_xaxis_transform(),
-                    fontsize=8, va="bottom", ha="left")
+            marks.append(ax.text(m.at_s * 1000, 1.01, f" {m.label}",
+                                  transform=ax.get_xaxis_transform(), fontsize=8,
+                                  va="bottom", ha="left"))
 
         ax.set_yticks(range(len(records)), [_short(r.name) for r in records], fontsize=9)
         ax.set_ylim(len(records) - 0.5 if records else 0.5, -0.5)  # first task at the top
@@ -459,8 +475,12 @@ class Timeline:
             handles.append(Line2D([], [], color="#333333", linestyle="--", label="mark"))
         if self._spans:
             handles.append(Patch(color="#4C72B0", alpha=0.10, label="span"))
-        fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize=8,
-                   frameon=False)
+        # One row: with fewer columns than entries matplotlib fills them top to
+        # bottom, and "cancelled" lands under "done" as if the line had wrapped.
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                   fontsize=8, frameon=False, columnspacing=1.2, handletextpad=0.5)
+        _keep_inside(fig, ax, outcomes, spans, marks, widen=xlim_ms is None,
+                     blend=blended_transform_factory)
         # Jupyter shows a Figure through the inline backend's formatter, which exists
         # only once pyplot or %matplotlib has loaded it; until then this is the fallback.
         # Either way the picture appears once: a registered formatter wins over _repr_png_.
@@ -481,6 +501,58 @@ _LEGEND = [  # legend order: the usual story first
     (_COLOURS[Outcome.PENDING], "still running at exit"),
 ]
 _WAIT_COLOUR = "#E8E8E8"
+
+
+def _keep_inside(fig, ax, outcomes, spans, marks, *, widen, blend) -> None:
+    """Keep every label within the axes, never past its right (or left) edge.
+
+    An outcome label ("ValueError") starts where its bar ends, so the last task's
+    runs past the axes. With no ``xlim_ms`` the time axis is widened just enough
+    for it (text widths are known in pixels only after a layout pass). A mark's
+    label near the right edge ends at its line instead of starting there. Any
+    label that still does not fit is pinned to the edge of the axes, its y
+    unchanged; a mark's or span's whose line is out of view is hidden with it.
+    """
+    texts = [*outcomes, *spans, *marks]
+    if not texts:
+        return
+    renderer = fig.canvas.get_renderer()
+    fig.draw_without_rendering()  # runs the constrained layout: real positions
+    if widen and outcomes:
+        width_px = ax.get_window_extent(renderer).width
+        low, high = ax.get_xlim()
+        needed = high - low
+        for text in outcomes:
+            room_px = 0.99 * width_px - text.get_window_extent(renderer).width
+            if room_px > 0:  # x's share of the axis, in pixels, plus the text: W at most
+                needed = max(needed, (text.get_position()[0] - low) * width_px / room_px)
+        if high - low < needed <= 3 * (high - low):  # no wider: the bars would shrink
+            ax.set_xlim(low, low + needed)
+            fig.draw_without_rendering()
+    box = ax.get_window_extent(renderer)
+
+    def inside(text) -> bool:
+        extent = text.get_window_extent(renderer)
+        return box.x0 <= extent.x0 and extent.x1 <= box.x1
+
+    low, high = ax.get_xlim()
+    for text in texts:
+        if inside(text):
+            continue
+        if text not in outcomes and not low <= text.get_position()[0] <= high:
+            text.set_visible(False)  # its line is out of view (xlim_ms): so is its label
+            continue
+        if text in marks:  # first try ending at its line
+            text.set_text(text.get_text().strip() + " ")
+            text.set_horizontalalignment("right")
+            if inside(text):
+                continue
+        right = text.get_window_extent(renderer).x1 > box.x1
+        text.set_transform(blend(ax.transAxes, text.get_transform()))
+        text.set_x(0.995 if right else 0.005)
+        text.set_horizontalalignment("right" if right else "left")
+        if text in outcomes:  # over a bar now: keep it readable
+            text.set_bbox({"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
 
 
 def _png(fig) -> bytes:

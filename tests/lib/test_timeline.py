@@ -16,9 +16,9 @@ async def sleeper(delay_s: float) -> float:
     return delay_s
 
 
-async def fail_after(delay_s: float) -> None:
+async def fail_after(delay_s: float, exc: Exception | None = None) -> None:
     await asyncio.sleep(delay_s)
-    raise ValueError("boom")
+    raise ValueError("boom") if exc is None else exc
 
 
 def times(record: TaskRecord) -> tuple[float, float | None, float | None]:
@@ -134,22 +134,34 @@ async def test_an_unretrieved_failure_is_still_reported_by_asyncio(caplog):
     assert "Task exception was never retrieved" in caplog.text
 
 
-# -- parents, factories, nesting ---------------------------------------------------------
+# -- created_by, factories, nesting -------------------------------------------------------
 
 
 @pytest.mark.asyncio
 @pytest.mark.looptime
-async def test_the_parent_is_the_task_that_created_it():
-    async def parent():
+async def test_created_by_names_the_task_that_was_running_at_creation():
+    async def creator():
         await asyncio.create_task(sleeper(1), name="child")
 
     async with Timeline() as tl:
-        await asyncio.create_task(parent(), name="parent")
+        await asyncio.create_task(creator(), name="creator")
 
-    parent_record, child_record = tl.tasks
-    assert parent_record.parent == asyncio.current_task().get_name()
-    assert parent_record.parent_record is None  # this test's task is not recorded
-    assert (child_record.parent, child_record.parent_record) == ("parent", parent_record)
+    creator_record, child_record = tl.tasks
+    assert creator_record.created_by == asyncio.current_task().get_name()
+    assert creator_record.created_by_record is None  # this test's task is not recorded
+    assert (child_record.created_by, child_record.created_by_record) == (
+        "creator", creator_record)
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_the_table_says_created_by_not_parent():
+    # The course says a task has no parent (a cancel of its creator does not reach
+    # it): the table must not say otherwise.
+    table = (await _small_story()).table()
+    assert Row._fields[:2] == ("name", "created_by")
+    assert "parent" not in str(table).splitlines()[0]
+    assert not hasattr(TaskRecord("t", 0.0), "parent")
 
 
 @pytest.mark.asyncio
@@ -400,3 +412,77 @@ async def test_plot_can_share_a_time_axis_with_another_timeline():
     async with Timeline() as tl:
         await asyncio.create_task(sleeper(0.2))
     assert tuple(tl.plot(xlim_ms=(0, 600)).axes[0].get_xlim()) == (0, 600)
+
+
+def _drawn_texts(fig):
+    """Every text the figure draws, with where it ends up (tick labels in view only)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    low, high = ax.get_xlim()
+    ticks = [tick.label1 for tick in ax.xaxis.get_major_ticks() if low <= tick.get_loc() <= high]
+    ticks += ax.get_yticklabels()
+    texts = [*ax.texts, *fig.legends[0].get_texts(), ax.title, ax._left_title, ax.xaxis.label,
+             *ticks]
+    return {text: text.get_window_extent(renderer) for text in texts
+            if text.get_visible() and text.get_text().strip()}
+
+
+async def _story_ending_in_failures() -> Timeline:
+    async with Timeline() as tl:
+        ok = asyncio.create_task(sleeper(0.1), name="ok")
+        slow = asyncio.create_task(sleeper(1), name="slow")
+        await ok
+        tl.mark("cancel")
+        slow.cancel()
+        with tl.span("a span that opens near the end of the timeline"):
+            await asyncio.gather(slow, return_exceptions=True)
+            await asyncio.gather(
+                asyncio.create_task(fail_after(0.3), name="bad"),
+                asyncio.create_task(fail_after(0.3, KeyboardInterruptIsNotThis("x")),
+                                    name="last to fail"),
+                return_exceptions=True,
+            )
+        tl.mark("the very last mark, with a long label")
+    return tl
+
+
+class KeyboardInterruptIsNotThis(Exception):
+    """A long exception name: its outcome label is the widest."""
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("xlim_ms", [None, (0, 250)], ids=["auto", "cut short"])
+async def test_plot_labels_stay_inside_the_axes_and_the_figure(xlim_ms):
+    tl = await _story_ending_in_failures()
+    fig = tl.plot(title="labels", xlim_ms=xlim_ms)
+    texts = _drawn_texts(fig)
+    figure_box, axes_box = fig.bbox, fig.axes[0].get_window_extent()
+    outcome_labels = [t for t in fig.axes[0].texts if "Error" in t.get_text()
+                      or "NotThis" in t.get_text()]
+    assert len(outcome_labels) == 2  # ValueError and KeyboardInterruptIsNotThis
+    for text, box in texts.items():
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1, text.get_text()
+        assert figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1, text.get_text()
+    for text in fig.axes[0].texts:  # outcome, mark and span labels: within the axes' width
+        if text not in texts:  # hidden: a mark out of view (xlim_ms)
+            assert xlim_ms is not None and text.get_position()[0] > xlim_ms[1]
+            continue
+        box = texts[text]
+        assert axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 + 0.5, text.get_text()
+    if xlim_ms is not None:
+        assert tuple(fig.axes[0].get_xlim()) == xlim_ms  # a given scale is kept
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_the_legend_is_one_row_so_no_label_wraps_under_another():
+    fig = (await _story_ending_in_failures()).plot()
+    texts = _drawn_texts(fig)
+    legend = fig.legends[0].get_texts()
+    assert [t.get_text() for t in legend][:2] == ["done", "cancelled"]
+    rows = {round(texts[t].y0) for t in legend}
+    assert len(rows) == 1, "legend entries on more than one line"
+    lefts = [texts[t].x0 for t in legend]
+    assert lefts == sorted(lefts)  # one line, left to right
