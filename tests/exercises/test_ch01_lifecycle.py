@@ -201,11 +201,8 @@ async def _cancel_during_the_hand_back(bench: _Bench, cancels: int, every_s: flo
 def _assert_ended_after_the_hand_back(ended: list, cancels: int) -> None:
     (when, handed_back), = ended
     assert handed_back == [5], (
-        f"after {cancels} cancels the worker ended at {when:g} s, before requeue() had finished "
-        "(at 3 s): a second cancel ended it while the hand-back ran on, owned by nobody. "
-        "asyncio.run() cancels such leftover tasks on its way out, and the job is lost. Hold "
-        "the hand-back in a task and keep waiting for it (through shield) until it is done, "
-        "however many cancels arrive; then raise"
+        f"a second cancel ended the worker at {when:g} s, before requeue() finished (3 s): "
+        "keep waiting for the hand-back through every cancel (shield, in a loop), then raise"
     )
 
 
@@ -232,23 +229,20 @@ async def test_worker_cancelled_twice_then_shut_down_loses_nothing(ex):
             await asyncio.wait(leftovers, timeout=60)
         await asyncio.sleep(10)
         assert bench.handed_back == [5], (
-            f"jobs handed back: {bench.handed_back!r}, expected [5]: after a second cancel the "
-            "worker ended and left its requeue() running unowned; the shutdown cancelled it and "
-            "the job was lost (an `await asyncio.shield(...)` once, then `raise`, does that)"
+            f"the job was lost (handed back: {bench.handed_back!r}): after a second cancel the "
+            "worker ended, and the shutdown cancelled the requeue() it left running"
         )
 
 
 @pytest.mark.exercise("1.1")
 async def test_worker_cancelled_three_times_hands_the_job_back_once(ex):
-    """Three cancels during requeue(): the job is handed back exactly once, the worker ends
-    cancelled, after the hand-back."""
+    """Three cancels during requeue(): handed back exactly once; ends cancelled, after it."""
     async with _bench(ex) as bench:
         ended = await _cancel_during_the_hand_back(bench, cancels=3, every_s=0.3)
         await asyncio.sleep(10)
         assert bench.handed_back == [5], (
-            f"jobs handed back after three cancels: {bench.handed_back!r}, expected [5] (exactly "
-            "once): did a third cancel reach requeue() itself (an `await` on it without "
-            "shield), or did each cancel start a new requeue()?"
+            f"after a third cancel, handed back {bench.handed_back!r}, expected [5] exactly once: "
+            "did a cancel reach requeue() (awaited without shield), or start a new one?"
         )
         _assert_ended_after_the_hand_back(ended, 3)
         bench.assert_cancelled()
@@ -261,8 +255,8 @@ async def test_worker_under_a_burst_of_1000_cancels_hands_back_once(ex):
         ended = await _cancel_during_the_hand_back(bench, cancels=1000, every_s=0.001)
         await asyncio.sleep(10)
         assert bench.handed_back == [5], (
-            f"jobs handed back under 1,000 cancels: {bench.handed_back!r}, expected [5] "
-            "(exactly once): start the hand-back once, then only wait for it"
+            f"under 1,000 cancels, handed back {bench.handed_back!r}, expected [5] exactly once: "
+            "start the hand-back once, then only wait for it"
         )
         _assert_ended_after_the_hand_back(ended, 1000)
         bench.assert_cancelled()
@@ -493,65 +487,57 @@ def _assert_caller_ended_cancelled(seen: dict[str, Any]) -> None:
     caller = seen["caller"]
     _raise_if_failed(caller)
     assert caller.cancelled(), (
-        f"the caller was cancelled, but cancel_and_wait() returned {caller.result()!r}: it "
-        "swallowed the caller's own CancelledError (is it `await task`?). Keep waiting, then "
-        "raise CancelledError"
+        f"cancel_and_wait() swallowed the caller's own CancelledError and returned "
+        f"{caller.result()!r} (is it `await task`?): wait, then raise CancelledError"
     )
 
 
 @pytest.mark.exercise("1.2")
 async def test_cancel_and_wait_cancelled_caller_waits_for_the_cleanup_first(ex):
-    """The caller cancelled during the task's cleanup: it waits until the task has ended, then
-    ends cancelled."""
+    """Caller cancelled during the task's cleanup: waits for the task to end, then cancelled."""
     async with _Tasks() as tasks:
         seen = await _caller_cancelled_during_cleanup(ex, tasks, cancel_at=[1])
         assert seen["task_done"], (
-            f"the caller ended {seen['ended_at'] - seen['started_at'] - 1:g} s after its cancel, "
-            "while the task it "
-            "had cancelled was still running its cleanup (still running: 10 s in all). Never "
-            "leave a task you cancelled running: keep waiting for it, then raise "
-            "CancelledError (as TaskGroup does)"
+            "the cancelled caller ended while its task was still running its cleanup: keep "
+            "waiting for the task, then raise CancelledError (as TaskGroup does)"
         )
         _assert_caller_ended_cancelled(seen)
 
 
 @pytest.mark.exercise("1.2")
 async def test_cancel_and_wait_absorbs_a_second_cancel_of_the_caller(ex):
-    """The caller cancelled twice during the task's cleanup: still waits for the task, ends
-    cancelled, and its cancelling() count is left at 2 (no uncancel())."""
+    """Caller cancelled twice: still waits for the task, then cancelled; no uncancel()."""
     async with _Tasks() as tasks:
         seen = await _caller_cancelled_during_cleanup(ex, tasks, cancel_at=[1, 3])
         assert seen["task_done"], (
-            "after a second cancel of the caller, cancel_and_wait() gave up while the task "
-            "was still cleaning up: absorb every further cancel the same way, in a loop"
+            "after a second cancel of the caller it stopped waiting, the task still cleaning "
+            "up: absorb every further cancel the same way, in a loop"
         )
         _assert_caller_ended_cancelled(seen)
         assert seen.get("cancelling") == 2, (
-            f"the caller's cancelling() was {seen.get('cancelling')!r} when its CancelledError "
-            "arrived, expected 2 (two cancels): do not uncancel() a cancel aimed at the caller"
+            f"the caller's cancelling() was {seen.get('cancelling')!r} at its CancelledError, "
+            "expected 2 (two cancels): do not uncancel() a cancel aimed at the caller"
         )
 
 
 @pytest.mark.exercise("1.2")
 async def test_cancel_and_wait_cancelled_caller_is_bounded_by_timeout_s(ex):
-    """The caller cancelled while a stubborn task resists: it waits at most timeout_s, then
-    ends cancelled."""
+    """Caller cancelled while a stubborn task resists: waits at most timeout_s, then cancelled."""
     async with _Tasks() as tasks:
         seen = await _caller_cancelled_during_cleanup(
             ex, tasks, cancel_at=[1, 2], timeout_s=5, resist_s=100
         )
         took = seen["ended_at"] - seen["started_at"]
         assert took == pytest.approx(5), (
-            f"the cancelled caller ended {took:g} s after cancel_and_wait() began; with "
-            "timeout_s=5 it should wait for the task up to 5 s, no less and no more"
+            f"the cancelled caller ended {took:g} s after cancel_and_wait() began: with "
+            "timeout_s=5 it waits for the task up to 5 s, no less and no more"
         )
         _assert_caller_ended_cancelled(seen)
 
 
 @pytest.mark.exercise("1.2")
 async def test_cancel_and_wait_1000_callers_cancelled_twice_leave_nothing_running(ex):
-    """1,000 tasks, each cancelled by cancel_and_wait() whose caller is then cancelled twice:
-    every caller ends cancelled, and only after its task has ended."""
+    """1,000 callers cancelled twice each: every one ends cancelled, after its task has ended."""
     async with _Tasks() as tasks:
         n = 1000
         ended_early: list[int] = []
@@ -576,7 +562,7 @@ async def test_cancel_and_wait_1000_callers_cancelled_twice_leave_nothing_runnin
             _raise_if_failed(c)
         assert not ended_early, (
             f"{len(ended_early)} of {n} cancelled callers ended while their task was still "
-            "cleaning up: keep waiting for it through every cancel"
+            "running its cleanup: keep waiting for it through every cancel"
         )
         returned = sum(not c.cancelled() for c in callers)
         assert returned == 0, (
@@ -773,8 +759,7 @@ async def test_supervise_does_not_restart_a_child_raising_cancellederror(ex):
 
 @pytest.mark.exercise("1.3")
 async def test_supervise_survives_1200_restarts(ex):
-    """1,200 crashes in a row (base_delay_s=0.001, max_delay_s=1): no OverflowError, the waits
-    stay capped at 1 s, and the 1,201st child's result comes back."""
+    """1,200 crashes in a row: no OverflowError, waits capped at max_delay_s, result returned."""
     children = _Children(crashes=1200)
     try:
         result = await _within(
@@ -782,11 +767,10 @@ async def test_supervise_survives_1200_restarts(ex):
             _supervise(ex, children, max_restarts=2000, base_delay_s=0.001, max_delay_s=1.0),
             _SUPERVISE_HANGS.format(5000),
         )
-    except OverflowError as exc:
+    except OverflowError:
         pytest.fail(
-            f"OverflowError ({exc}) after {len(children.starts)} starts: base_delay_s * "
-            "2**restarts is too large for a float past about 1,024 restarts. Cap the exponent, "
-            "or keep the delay and double it, capped, after each wait"
+            f"OverflowError after {len(children.starts)} starts: base_delay_s * 2**restarts "
+            "overflows a float past ~1,024 restarts; double a delay you keep, capped"
         )
     assert result == "ok", f"returned {result!r}, expected the last child's 'ok'"
     assert len(children.starts) == 1201, f"{len(children.starts)} starts, expected 1201"
@@ -796,8 +780,7 @@ async def test_supervise_survives_1200_restarts(ex):
 
 @pytest.mark.exercise("1.3")
 async def test_supervise_cancelled_twice_during_the_childs_cleanup(ex):
-    """A second cancel during the child's cleanup: supervise() ends cancelled, no restart,
-    no child left running."""
+    """A second cancel during the child's cleanup: ends cancelled, no restart, nothing running."""
     async with _Tasks() as tasks:
         children = _Children(run_s=1000, cleanup_s=5)
         supervisor = tasks.start(_supervise(ex, children))
@@ -820,8 +803,7 @@ async def test_supervise_cancelled_twice_during_the_childs_cleanup(ex):
 
 @pytest.mark.exercise("1.3")
 async def test_supervise_does_not_restart_a_child_whose_cleanup_crashes_after_a_cancel(ex):
-    """Cancelled, and the child's cleanup then crashes (ValueError): not restarted; that
-    error comes out (or supervise() ends cancelled)."""
+    """Cancelled, then the child's cleanup crashes: no restart after a cancel."""
     async with _Tasks() as tasks:
         starts: list[float] = []
 
@@ -842,9 +824,8 @@ async def test_supervise_does_not_restart_a_child_whose_cleanup_crashes_after_a_
         await asyncio.wait({supervisor}, timeout=60)
         await asyncio.sleep(100)
         assert starts == [0], (
-            f"children started at {starts!r}: supervise() was cancelled, and the child's cleanup "
-            "then crashed; that is no crash to restart after a cancel. Tell it apart by "
-            "asyncio.current_task().cancelling(), compared with its value when supervise() began"
+            f"children started at {starts!r}: a cleanup crash is no crash to restart after a "
+            "cancel; compare current_task().cancelling() with its value on entry"
         )
         assert supervisor.done(), "supervise() was still running 100 s after cancel()"
         if not supervisor.cancelled():
@@ -854,8 +835,7 @@ async def test_supervise_does_not_restart_a_child_whose_cleanup_crashes_after_a_
 
 @pytest.mark.exercise("1.3")
 async def test_supervise_restarts_despite_a_leftover_cancel_request(ex):
-    """A cancel request left over from before supervise() began (cancelling() == 1) is not
-    ours: crashes are still restarted."""
+    """A cancel request left over from before supervise() began: crashes still restarted."""
     children = _Children(crashes=2)
 
     async def in_a_task_with_a_leftover_request():
@@ -876,13 +856,11 @@ async def test_supervise_restarts_despite_a_leftover_cancel_request(ex):
         )
     except ValueError as exc:
         pytest.fail(
-            f"supervise() raised {exc!r} at the first crash instead of restarting: the task's "
-            "cancelling() was already 1 when supervise() began (a request someone else left), "
-            "which is not a cancel of supervise(). Compare cancelling() with its value on "
-            "entry, as asyncio.timeout does"
+            f"raised {exc!r} instead of restarting: cancelling() was already 1 when supervise() "
+            "began; compare it with its value on entry, as asyncio.timeout does"
         )
     assert result == "ok", (
-        f"returned {result!r}: a request from before supervise() began is not a cancel of "
-        "supervise(); compare cancelling() with its value on entry, as asyncio.timeout does"
+        f"returned {result!r}: a request from before supervise() began is not ours; compare "
+        "cancelling() with its value on entry, as asyncio.timeout does"
     )
     assert len(children.starts) == 3, f"{len(children.starts)} children started, expected 3"
