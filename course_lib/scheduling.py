@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import enum
 import math
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from heapq import heapify, heappop, heappush
@@ -156,6 +157,7 @@ class PriorityTaskPool:
         self._idle = asyncio.Event()  # set while no worker exists: nothing queued or running
         self._idle.set()
         self._state = _State.OPEN
+        self._stopping: weakref.WeakSet[Any] = weakref.WeakSet()  # running jobs told to stop
 
     def __repr__(self) -> str:
         aging = "" if self.aging_s is None else f", aging_s={self.aging_s}"
@@ -239,18 +241,29 @@ class PriorityTaskPool:
         """Refuse new jobs, then wait for the queued and running ones to end.
 
         With ``cancel_pending``, queued jobs are cancelled (their coroutines closed) and
-        running ones are cancelled, and their cleanup awaited. If the caller is
-        cancelled while waiting, every job left is cancelled, not awaited.
+        running ones are cancelled once, and their cleanup awaited: a second ``close()``,
+        from another task, waits for that cleanup instead of cutting it short.
+
+        If the caller is cancelled while waiting, every job left is cancelled, and
+        close() still waits until they have all ended (further cancels are absorbed
+        the same way) before it raises CancelledError: it never returns or raises with
+        a job still running (the course's policy, see ``course_lib.lifecycle``).
         """
         self._stop_accepting()
         if cancel_pending:
             self._cancel_all(f"{self!r} closed with cancel_pending=True")
-        try:
-            await self._idle.wait()
-        except asyncio.CancelledError:
-            self._cancel_all(f"{self!r}: close() was cancelled")
-            raise
+        cancelled = False
+        while True:
+            try:
+                await self._idle.wait()
+                break
+            except asyncio.CancelledError:
+                if not cancelled:
+                    self._cancel_all(f"{self!r}: close() was cancelled")
+                cancelled = True  # keep waiting: the jobs' cleanup must end first
         self._state = _State.CLOSED
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def __aenter__(self) -> Self:
         if self._state is not _State.OPEN:
@@ -358,6 +371,8 @@ class PriorityTaskPool:
             self._cancelled_queued = 0
 
     def _cancel_all(self, msg: str) -> None:
+        # Once per job: a job already asked to stop is left to its cleanup (a second
+        # cancel would interrupt that cleanup at its next await).
         buckets = list(self._buckets.values())
         self._buckets.clear()
         self._keys.clear()  # in place: workers hold these, and now find them empty
@@ -366,7 +381,9 @@ class PriorityTaskPool:
                 job.cancel(msg)  # closes queued coroutines; done ones say False
         self._queued = self._cancelled_queued = 0
         for job in list(self._current.values()):
-            job.cancel(msg)
+            if job not in self._stopping:
+                self._stopping.add(job)
+                job.cancel(msg)
 
     def _stop_accepting(self) -> None:
         if self._state is _State.OPEN:

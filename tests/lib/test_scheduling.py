@@ -948,3 +948,56 @@ async def test_a_cancelled_middle_waiter_does_not_disturb_the_others():
         done_at.append(now())
     assert done_at == [1, 2]
     assert tasks[1].cancelled()
+
+
+# --- the course's policy: a caller cancelled during cleanup -------------------------------
+
+
+class _SlowCleanup:
+    """A job whose cleanup takes 0.2 s after a cancel; notes what it got to do."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+
+    async def job(self) -> None:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            self.log.append(f"cancelled at {now():g}")
+            await asyncio.sleep(0.2)  # cleanup that must not be cut short
+            self.log.append(f"cleaned up at {now():g}")
+            raise
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_second_close_waits_for_the_cleanup_instead_of_cutting_it_short():
+    slow = _SlowCleanup()
+    pool = PriorityTaskPool(1)
+    job = pool.submit(slow.job())
+    await asyncio.sleep(0.01)
+    first = asyncio.create_task(pool.close(cancel_pending=True))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(pool.close(cancel_pending=True))
+    await asyncio.gather(first, second)
+    assert slow.log == ["cancelled at 0.01", "cleaned up at 0.21"]
+    assert job.cancelled()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+@pytest.mark.parametrize("cancels", [1, 2])
+async def test_a_cancelled_close_still_waits_for_every_job_to_end(cancels):
+    slow = _SlowCleanup()
+    pool = PriorityTaskPool(1)
+    job = pool.submit(slow.job())
+    closer = asyncio.create_task(pool.close())
+    await asyncio.sleep(1)
+    for _ in range(cancels):
+        closer.cancel()
+        await asyncio.sleep(0.05)
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    assert job.done(), "close() raised while a job was still cleaning up"
+    assert slow.log == ["cancelled at 1", "cleaned up at 1.2"]
+    assert now() == pytest.approx(1.2)
