@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -101,7 +102,9 @@ def run_all(page, path: str) -> dict:
         time.sleep(POLL_S)
     seconds["run_all"] = time.monotonic() - clicked
     notebook = page.evaluate(MODEL)
+    ended = time.monotonic()
     page.evaluate(SHUTDOWN)
+    seconds["shutdown"] = time.monotonic() - ended
     return {"notebook": notebook, "seconds": seconds, "dialogs": dialogs, "stuck": stuck}
 
 
@@ -119,13 +122,21 @@ def main() -> None:
             profile, executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS,
             viewport={"width": 1400, "height": 1000},
         )
+        launched = time.monotonic()
         try:
             page = context.new_page()
             page.goto(address, timeout=OPEN_TIMEOUT_MS)
+            loaded = time.monotonic()
             result = run_all(page, args.path)
         finally:
             context.close()
-    result["seconds"]["total"] = time.monotonic() - started
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)  # Playwright's driver and Chromium
+    result["seconds"].update(
+        launch=launched - started,
+        load=loaded - launched,
+        total=time.monotonic() - started,
+        browser_cpu=used.ru_utime + used.ru_stime,
+    )
     Path(args.out).write_text(json.dumps(result))
 
 

@@ -123,6 +123,7 @@ class LabServer:
         self.env = env
         self.log = tmp / "jupyterlab.log"
         self.process: subprocess.Popen | None = None
+        self.runs: set[subprocess.Popen] = set()  # browser runs under way
 
     def start(self) -> LabServer:
         self.root.mkdir()
@@ -175,6 +176,8 @@ class LabServer:
         raise RuntimeError(f"JupyterLab did not answer in {START_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
+        for run in list(self.runs):
+            run.kill()
         if self.process and self.process.poll() is None:
             self.process.terminate()  # Jupyter shuts its kernels down on SIGTERM
             try:
@@ -194,11 +197,18 @@ class LabServer:
             "--url", self.url, "--token", self.token, "--path", f"notebooks/{name}",
             "--chromium", find_chromium() or "", "--out", str(out),
         ]
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
-        if done.returncode != 0 or not out.exists():
+        with subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as run:
+            self.runs.add(run)
+            try:
+                said, _ = run.communicate()
+            finally:
+                run.kill()
+                self.runs.discard(run)
+        if run.returncode != 0 or not out.exists():
             raise RuntimeError(
-                f"the browser run of {name} failed (exit {done.returncode}):\n"
-                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n"
+                f"the browser run of {name} failed (exit {run.returncode}):\n{said[-4000:]}\n"
                 f"JupyterLab's log:\n{self.log_tail()}"
             )
         result = json.loads(out.read_text())
