@@ -46,6 +46,8 @@ _PYTEST_TIMEOUT_BOUND = re.compile(r"Timeout \(>([0-9.]+)s\)")
 # loop that may be a task the check started, which keeps it as its result, and the
 # check goes on hanging. Raised again at this interval until it reaches the check.
 _TIMEOUT_REPEAT_S = 0.5
+# The cleanup after a check that hung: the row is decided, the rest is tidying up.
+_HUNG_TEARDOWN_S = 1.0
 # looptime raises these (subclasses of TimeoutError) when virtual time runs out or the
 # loop sits idle: the code under test waits for something that never comes.
 _LOOPTIME_TIMEOUTS = {"IdleTimeoutError", "LoopTimeoutError"}
@@ -296,7 +298,7 @@ class _Recorder:
         report = yield
         if (
             call.excinfo is not None
-            and hasattr(signal, "setitimer")
+            and _can_alarm()
             and _real_time_bound(call.excinfo.value) is not None
         ):
             # The timeout reached the check: no more alarms for its cleanup to take.
@@ -330,27 +332,39 @@ class _Recorder:
 
     @pytest.hookimpl(optionalhook=True, tryfirst=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings) -> bool | None:
+        bound = float(settings.timeout or 0)
         if self.current is not None and self.current["test"] == item.nodeid:
-            self.current["bound"] = float(settings.timeout or 0)
+            self.current["bound"] = bound
+            self.current["teardown_s"] = self._teardown_bound(bound) if _can_alarm() else 0.0
             self._write()
-        if settings.method != "signal" or threading.current_thread() is not threading.main_thread():
+        if settings.method != "signal" or not _can_alarm():
             return None  # pytest-timeout's own implementation sets the timer
         # pytest-timeout's signal method, with the alarm repeated (_TIMEOUT_REPEAT_S).
-        # Same text as its own, which is how the rows recognise a hang.
-        message = f"Timeout (>{settings.timeout}s) {_PYTEST_TIMEOUT_TEXT}."
-
-        def handler(signum, frame):
-            __tracebackhide__ = True
-            pytest.fail(message)
-
-        def cancel():
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)
-
-        item.cancel_timeout = cancel  # what pytest-timeout's pytest_timeout_cancel_timer calls
-        signal.signal(signal.SIGALRM, handler)
-        signal.setitimer(signal.ITIMER_REAL, settings.timeout, _TIMEOUT_REPEAT_S)
+        _arm(bound)
+        item.cancel_timeout = _disarm  # what pytest-timeout's pytest_timeout_cancel_timer calls
         return True
+
+    def _teardown_bound(self, bound: float) -> float:
+        return min(bound, self.after_hang_s) if self.after_hang_s > 0 else bound
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem):
+        # pytest-timeout stops its timer as soon as a check fails (before pytest's
+        # post-mortem hook), so the cleanup after a failure has no bound: a task that
+        # ignores cancellation hangs the fixtures' teardown (pytest-asyncio's loop
+        # waits for every task) for good. The cleanup gets a bound of its own.
+        current = self.current
+        bound = current.get("teardown_s", 0.0) if current and current["test"] == item.nodeid else 0
+        if bound and "hung_s" in self.rows.get(item.nodeid, {}):
+            # The check hung, its row is written: what is left is cleaning up after it.
+            bound = min(bound, _HUNG_TEARDOWN_S)
+        if bound:
+            _arm(bound)
+        try:
+            return (yield)
+        finally:
+            if bound:
+                _disarm()
 
     def pytest_runtest_logfinish(self, nodeid: str, location) -> None:
         self.current = None
@@ -360,6 +374,8 @@ class _Recorder:
         self._write()
 
     def _update(self, row: dict, item: pytest.Item, call: pytest.CallInfo, report) -> None:
+        if report.failed and call.excinfo and _real_time_bound(call.excinfo.value) is not None:
+            self.hung.add(row["exercise"])  # its cleanup too: the code hangs
         if row["outcome"] in ("failed", "error", "skipped"):
             return  # the first thing that went wrong is the one to tell
         if report.skipped:
@@ -372,7 +388,6 @@ class _Recorder:
             hung_after = _real_time_bound(call.excinfo.value) if call.excinfo else None
             if hung_after is not None:
                 row["hung_s"] = hung_after
-                self.hung.add(row["exercise"])
         elif report.when == "call":
             row["outcome"] = "passed"
 
@@ -408,6 +423,28 @@ class _Recorder:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
         os.replace(tmp, self.path)
+
+
+def _can_alarm() -> bool:
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+def _arm(seconds: float) -> None:
+    """Fail the running check after ``seconds``, and again every _TIMEOUT_REPEAT_S."""
+    # Same text as pytest-timeout's own, which is how the rows recognise a hang.
+    message = f"Timeout (>{seconds:g}s) {_PYTEST_TIMEOUT_TEXT}."
+
+    def handler(signum, frame):
+        __tracebackhide__ = True
+        pytest.fail(message)
+
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds, _TIMEOUT_REPEAT_S)
+
+
+def _disarm() -> None:
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 def _description(item: pytest.Item) -> str:

@@ -85,12 +85,13 @@ _PLUGIN = "course_lib._grading_plugin"
 # `pytest --target solutions tests/exercises --durations` on a 2-core machine at
 # load average 8: the slowest (a thousand tasks or restarts: the hard cases) took
 # 0.61 s with asyncio's debug mode off, as the grader runs them (4.97 s with it on:
-# see _run); 0.19 s on an idle machine. pytest-timeout stops a check after
-# _PER_TEST_TIMEOUT_S (8x the loaded figure) and the grader goes on to the others;
-# once a check of an exercise has hung, that exercise's later checks are stopped
-# after _AFTER_HANG_TIMEOUT_S each (4x): an exercise of N checks that all hang ends
-# within 5 + 2.5 (N - 1) s plus pytest's start, not N x 5 s. A check still running
-# _STUCK_GRACE_S past its bound swallowed the timeout: the grader kills the run.
+# see _run). pytest-timeout stops a check after _PER_TEST_TIMEOUT_S (8x the loaded
+# figure) and the grader goes on to the others; once a check of an exercise has
+# hung, that exercise's later checks are stopped after _AFTER_HANG_TIMEOUT_S each
+# (4x). The cleanup after a check that hung gets 1 s (the plugin's
+# _HUNG_TEARDOWN_S). So an exercise of N checks that all hang ends within
+# 6 + 3.5 (N - 1) s plus pytest's start, not N x 5 s. A check still running
+# _STUCK_GRACE_S past its bounds swallowed the timeout: the grader kills the run.
 # The whole run has its own deadline (timeout_s) as a last resort.
 _PER_TEST_TIMEOUT_S = 5.0
 _AFTER_HANG_TIMEOUT_S = 2.5
@@ -673,7 +674,8 @@ class _Watch:
         if not current or not current.get("bound"):
             return False
         started = self.seen.setdefault(current["test"], now)
-        return now - started > current["bound"] + _STUCK_GRACE_S
+        allowed = current["bound"] + current.get("teardown_s", 0.0) + _STUCK_GRACE_S
+        return now - started > allowed
 
 
 def _call(

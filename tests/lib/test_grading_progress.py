@@ -319,3 +319,42 @@ def test_a_timeout_that_lands_in_a_task_the_check_started_is_raised_again(tmp_pa
     # Not STUCK (killed, the checks after it lost): stopped, and the next check ran.
     assert rows["Hangs in a task it started."].message == hung_message(1), str(report)
     assert rows["Comes after."].passed
+
+
+_TESTS_CLEANUP = '''
+import time
+import pytest
+
+MODULE = "ch99_fake"
+pytestmark = pytest.mark.exercise("9.5")
+
+@pytest.fixture
+def stuck_cleanup():
+    yield
+    time.sleep(600)  # as pytest-asyncio's loop waits for a task that ignores cancel()
+
+def test_fails_then_its_cleanup_hangs(ex, stuck_cleanup):
+    """Fails, then its cleanup hangs."""
+    assert ex.answer() == 41, "the answer is off by one"
+
+def test_passes_then_its_cleanup_hangs(ex, stuck_cleanup):
+    """Passes, then its cleanup hangs."""
+    assert ex.answer() == 42
+
+def test_after(ex):
+    """Comes after."""
+    assert ex.answer() == 42
+'''
+
+
+def test_the_cleanup_after_a_check_has_a_bound_too(tmp_path):
+    # pytest-timeout stops its timer when a check fails: a cleanup that then hung
+    # was only ended by killing the run, and the checks after it were lost.
+    tests = _course(tmp_path, test_ch99_cleanup=_TESTS_CLEANUP)
+    report = grade(
+        tmp_path / "fakepkg", tests_dir=tests, per_test_timeout_s=1, after_hang_timeout_s=1
+    )
+    rows = {row.description: row for row in report.checks}
+    assert rows["Fails, then its cleanup hangs."].message == "the answer is off by one"
+    assert rows["Passes, then its cleanup hangs."].message == hung_message(1), str(report)
+    assert rows["Comes after."].passed, str(report)
