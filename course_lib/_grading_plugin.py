@@ -21,6 +21,7 @@ __all__ = [
     "import_message",
 ]
 
+import gc
 import importlib.machinery
 import importlib.util
 import json
@@ -46,8 +47,6 @@ _PYTEST_TIMEOUT_BOUND = re.compile(r"Timeout \(>([0-9.]+)s\)")
 # loop that may be a task the check started, which keeps it as its result, and the
 # check goes on hanging. Raised again at this interval until it reaches the check.
 _TIMEOUT_REPEAT_S = 0.5
-# The cleanup after a check that hung: the row is decided, the rest is tidying up.
-_HUNG_TEARDOWN_S = 1.0
 # looptime raises these (subclasses of TimeoutError) when virtual time runs out or the
 # loop sits idle: the code under test waits for something that never comes.
 _LOOPTIME_TIMEOUTS = {"IdleTimeoutError", "LoopTimeoutError"}
@@ -355,13 +354,16 @@ class _Recorder:
         # waits for every task) for good. The cleanup gets a bound of its own.
         current = self.current
         bound = current.get("teardown_s", 0.0) if current and current["test"] == item.nodeid else 0
-        if bound and "hung_s" in self.rows.get(item.nodeid, {}):
-            # The check hung, its row is written: what is left is cleaning up after it.
-            bound = min(bound, _HUNG_TEARDOWN_S)
         if bound:
             _arm(bound)
         try:
             return (yield)
+        except BaseException as exc:
+            if bound and _real_time_bound(exc) is not None:
+                # Cut short: the tasks it left are freed now, so that asyncio's "Task
+                # was destroyed but it is pending" lands here, not on the next check.
+                gc.collect()
+            raise
         finally:
             if bound:
                 _disarm()
