@@ -82,18 +82,19 @@ def hung_message(bound_s: float) -> str:
 _PLUGIN = "course_lib._grading_plugin"
 # Bounds on a hung check. The grading tests run on looptime's virtual clock, so on
 # a model answer each takes well under a second of real time. Measured with
-# `pytest --target solutions tests/exercises --durations` on a 2-core machine at
-# load average 8: the slowest (a thousand tasks or restarts: the hard cases) took
-# 0.61 s with asyncio's debug mode off, as the grader runs them (4.97 s with it on:
-# see _run). pytest-timeout stops a check after _PER_TEST_TIMEOUT_S (8x the loaded
-# figure) and the grader goes on to the others; once a check of an exercise has
-# hung, that exercise's later checks are stopped after _AFTER_HANG_TIMEOUT_S each
-# (4x); the cleanup after a check gets as long again (looptime's virtual clock is
-# gone by then: a test's own "cleanup takes 2 s" is 2 real seconds). So an exercise
-# of N checks that all hang ends within 7.5 + 5 (N - 1) s plus pytest's start, and
-# usually much sooner (most cleanups do not hang), not N x 5 s. A check still running
-# _STUCK_GRACE_S past its bounds swallowed the timeout: the grader kills the run.
-# The whole run has its own deadline (timeout_s) as a last resort.
+# `pytest --target solutions tests/exercises --durations` on a 2-core machine, the
+# slowest check (a thousand tasks or restarts: the hard cases) took 0.16 s idle and
+# 0.61 s at load average 8 with asyncio's debug mode off, as the grader runs them
+# (1.11 s and 4.97 s with it on: see _run). pytest-timeout stops a check after
+# _PER_TEST_TIMEOUT_S (8x the loaded figure) and the grader goes on to the others;
+# once a check of an exercise has hung, that exercise's later checks are stopped
+# after _AFTER_HANG_TIMEOUT_S each (4x). The cleanup after a check gets as long
+# again (looptime's virtual clock is gone by then: a test's "cleanup takes 2 s" is
+# 2 real seconds). So an exercise of N checks that all hang ends within
+# 7.5 + 5 (N - 1) s plus pytest's start, and usually much sooner (most cleanups do
+# not hang), not N x 5 s. A check still running _STUCK_GRACE_S past its bounds
+# swallowed the timeout: the grader kills the run. The whole run has its own
+# deadline (timeout_s) as a last resort.
 _PER_TEST_TIMEOUT_S = 5.0
 _AFTER_HANG_TIMEOUT_S = 2.5
 _STUCK_GRACE_S = 5.0
