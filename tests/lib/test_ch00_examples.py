@@ -20,7 +20,7 @@ def _run(*args: str) -> list[dict]:
 
 
 def test_interrupt_cancels_an_idle_await_once_a_tab_wakes_the_loop():
-    records = {r["cell"]: r for r in _run("cells", "--silent-s", "2")}
+    records = {r["cell"]: r for r in _run("cells", "--silent-s", "1")}
     idle = records["idle await"]
     # No answer to the interrupt alone; the Tab (a complete_request) brings the cancel in.
     assert idle["seconds"] is None and idle["outcome"] == "CancelledError", idle
@@ -29,7 +29,7 @@ def test_interrupt_cancels_an_idle_await_once_a_tab_wakes_the_loop():
 
 
 def test_any_shell_message_wakes_the_loop_a_control_message_does_not():
-    records = {r["poke"]: r for r in _run("pokes", "--silent-s", "1", "--answer-s", "20")}
+    records = {r["poke"]: r for r in _run("pokes", "--silent-s", "1", "--answer-s", "3")}
     for label, record in records.items():
         assert "before_poke_s" not in record, f"the idle await ended before any poke: {record}"
         want = "no answer" if label.endswith("control") else "CancelledError"
