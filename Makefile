@@ -46,9 +46,14 @@ lab: $(STAMP)
 		--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate \
 		$(LAB_ARGS)
 
+# Two pytest workers; a test file stays on one worker (its fixtures, one JupyterLab for
+# the notebooks). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest --target solutions $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest --target solutions $(XDIST) $(PYTEST_ARGS) tests
 
 nbval: $(STAMP)
 	$(BIN)/python -m pytest $(NBVAL_ARGS) $(PYTEST_ARGS) notebooks

@@ -1,7 +1,7 @@
 """How fast does the kernel's interrupt button stop a cell? Measured.
 
 Starts a fresh IPython kernel, runs cells that never end, presses "interrupt"
-one second into each (what JupyterLab's stop button does) and reports what
+half a second into each (what JupyterLab's stop button does) and reports what
 the cell ended with and how long it took:
 
     python -m course_lib.examples.interrupt_demo cells --silent-s 3
@@ -102,7 +102,7 @@ def _settle(km, kc) -> None:
 def _interrupt(km, kc, code: str) -> tuple[str, float]:
     """Run ``code``, interrupt it after 1 s; return its msg_id and when the button was pressed."""
     msg_id = kc.execute(code)
-    time.sleep(1.0)  # let the cell get going before pressing the button
+    time.sleep(0.5)  # let the cell get going before pressing the button
     km.interrupt_kernel()
     return msg_id, time.monotonic()
 
