@@ -17,6 +17,7 @@ from pathlib import Path
 
 import looptime
 import pytest
+from _grading_support import FAKE_CONFTEST
 
 from course_lib import grading
 from course_lib._grading_plugin import human_message, import_message
@@ -385,19 +386,6 @@ def test_the_cli_exits_2_on_a_usage_error(args, capsys):
 
 # --- hangs: a tiny course of its own ------------------------------------------------------
 
-_FAKE_CONFTEST = '''
-import importlib
-import pytest
-
-def pytest_addoption(parser):
-    parser.addoption("--target", default="fakepkg")
-
-@pytest.fixture
-def ex(request):
-    target = request.config.getoption("--target")
-    return importlib.import_module(f"{target}.{request.module.MODULE}")
-'''
-
 _FAKE_TESTS = '''
 import pytest
 
@@ -437,7 +425,7 @@ def hang():
 def fake_course(tmp_path: Path) -> Path:
     tests = tmp_path / "tests" / "exercises"
     tests.mkdir(parents=True)
-    (tests / "conftest.py").write_text(_FAKE_CONFTEST)
+    (tests / "conftest.py").write_text(FAKE_CONFTEST)
     (tests / "test_ch99_fake.py").write_text(_FAKE_TESTS)
     package = tmp_path / "fakepkg"
     package.mkdir()
@@ -488,7 +476,7 @@ def test_a_run_past_its_deadline_is_killed_with_everything_it_started(
 
 
 def test_a_run_that_hangs_before_any_test_reports_every_exercise_as_too_long(fake_course):
-    (fake_course / "conftest.py").write_text("import time\ntime.sleep(600)\n" + _FAKE_CONFTEST)
+    (fake_course / "conftest.py").write_text("import time\ntime.sleep(600)\n" + FAKE_CONFTEST)
     package = fake_course.parents[1] / "fakepkg"
     report = grade(package, tests_dir=fake_course, timeout_s=3)
     assert [(r.exercise, r.passed, r.message) for r in report.checks] == [("9.1", False, TOO_LONG)]

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _grading_support import FAKE_CONFTEST
 
 from course_lib import grading
 from course_lib.grading import NOT_RUN, STUCK, Progress, grade, hung_message
@@ -128,18 +129,6 @@ def test_the_grader_imports_ipython_only_inside_a_kernel():
 
 # --- hanging for real: a tiny course of its own ------------------------------------------
 
-_CONFTEST = '''
-import importlib
-import pytest
-
-def pytest_addoption(parser):
-    parser.addoption("--target", default="fakepkg")
-
-@pytest.fixture
-def ex(request):
-    target = request.config.getoption("--target")
-    return importlib.import_module(f"{target}.{request.module.MODULE}")
-'''
 
 _TESTS_91 = '''
 import pytest
@@ -245,7 +234,7 @@ def swallow():
 def _course(tmp_path: Path, **test_files: str) -> Path:
     tests = tmp_path / "tests" / "exercises"
     tests.mkdir(parents=True)
-    (tests / "conftest.py").write_text(_CONFTEST)
+    (tests / "conftest.py").write_text(FAKE_CONFTEST)
     for name, text in test_files.items():
         (tests / f"{name}.py").write_text(text)
     package = tmp_path / "fakepkg"
