@@ -46,7 +46,7 @@ into an error, which Python then passes to ``sys.unraisablehook`` with the corou
 itself (its ``cr_origin``); the other two by a loop exception handler.
 """
 
-__all__ = ["DebugBlock", "DebugReport", "Finding", "Frame", "Kind", "debug_block"]
+__all__ = ["CallSite", "DebugBlock", "DebugFinding", "DebugKind", "DebugReport", "debug_block"]
 
 import asyncio
 import collections
@@ -70,15 +70,15 @@ _UNAWAITED = r"coroutine .* was never awaited"
 _LOGGER = logging.getLogger("asyncio")
 
 
-class Kind(enum.StrEnum):
+class DebugKind(enum.StrEnum):
     SLOW_CALLBACK = "slow callback"  # a callback or task step held the loop too long
     NEVER_AWAITED = "never awaited"  # a coroutine object destroyed before it ran
     DESTROYED_PENDING = "destroyed pending"  # a pending task garbage-collected
     NEVER_RETRIEVED = "never retrieved"  # a failed task/future whose exception nobody read
 
 
-class Frame(NamedTuple):
-    """One line of a stack: ``str(frame)`` is ``file.py:12 in function``."""
+class CallSite(NamedTuple):
+    """One frame of a creation stack: ``str(site)`` is ``function (file.py:12)``."""
 
     filename: str
     lineno: int
@@ -89,15 +89,15 @@ class Frame(NamedTuple):
         return f"{self.filename}:{self.lineno}"
 
     def __str__(self) -> str:
-        return f"{self.where} in {self.function}"
+        return f"{self.function} ({self.where})"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Finding:
+class DebugFinding:
     """One report of debug mode, as data.
 
-        Finding(kind=<Kind.NEVER_AWAITED: 'never awaited'>, name='fetch',
-                where='demo.py:12', origin=(Frame('demo.py', 12, 'main'),), ...)
+        DebugFinding(kind=<DebugKind.NEVER_AWAITED: 'never awaited'>, name='fetch',
+                where='demo.py:12', origin=(CallSite('demo.py', 12, 'main'),), ...)
 
     ``where``, by kind: slow callback, the line where the task stopped after its slow
     step (its next ``await``) or the callback's definition; never awaited, the line
@@ -107,11 +107,11 @@ class Finding:
     most recent call last, asyncio's own frames left out (empty when unknown).
     """
 
-    kind: Kind
+    kind: DebugKind
     name: str  # the task's name, or the coroutine's/callback's qualified name
     where: str  # "file:line", or "" when unknown
     message: str  # asyncio's own words (first line)
-    origin: tuple[Frame, ...] = ()
+    origin: tuple[CallSite, ...] = ()
     detail: str = ""  # "took 0.123 s", the exception's repr, ...
     duration_s: float | None = None  # slow callbacks: how long the loop was held
 
@@ -124,28 +124,28 @@ class Finding:
 class DebugReport:
     """The findings of one ``debug_block``, in the order they were reported.
 
-        found.findings            # [Finding(...), ...]
+        found.findings            # [DebugFinding(...), ...]
         found.counts              # Counter({'never awaited': 1})
         found.of("slow callback") # the findings of one kind
         print(found)              # the same as found.table()
     """
 
     def __init__(self) -> None:
-        self.findings: list[Finding] = []
+        self.findings: list[DebugFinding] = []
 
-    def __iter__(self) -> Iterator[Finding]:
+    def __iter__(self) -> Iterator[DebugFinding]:
         return iter(list(self.findings))
 
     def __len__(self) -> int:
         return len(self.findings)
 
     @property
-    def counts(self) -> collections.Counter[Kind]:
-        """How many findings of each kind (Kind is a str: ``counts["never awaited"]``)."""
+    def counts(self) -> collections.Counter[DebugKind]:
+        """How many findings of each kind (DebugKind is a str: ``counts["never awaited"]``)."""
         return collections.Counter(f.kind for f in self.findings)
 
-    def of(self, kind: Kind | str) -> list[Finding]:
-        return [f for f in self.findings if f.kind == Kind(kind)]
+    def of(self, kind: DebugKind | str) -> list[DebugFinding]:
+        return [f for f in self.findings if f.kind == DebugKind(kind)]
 
     def table(self) -> str:
         """A text table, one row per finding; paths shortened."""
@@ -353,63 +353,63 @@ def debug_block(
 # -- turning asyncio's reports into findings ----------------------------------------------
 
 
-def _slow_callback(handle: Any, text: str, duration_s: float) -> Finding:
+def _slow_callback(handle: Any, text: str, duration_s: float) -> DebugFinding:
     message = f"Executing {text} took {duration_s:.3f} seconds"
     detail = f"took {duration_s:.3f} s"
     callback = getattr(handle, "_callback", None)
     task = getattr(callback, "__self__", None)
     if isinstance(task, asyncio.Task):
-        return Finding(
-            Kind.SLOW_CALLBACK, task.get_name(), _task_where(task), message,
+        return DebugFinding(
+            DebugKind.SLOW_CALLBACK, task.get_name(), _task_where(task), message,
             _origin(getattr(task, "_source_traceback", None)), detail, duration_s,
         )
     if handle is not None:  # a plain callback: call_soon(f), call_later(...)
         code = _code_of(callback)
-        return Finding(
-            Kind.SLOW_CALLBACK, _callable_name(callback),
+        return DebugFinding(
+            DebugKind.SLOW_CALLBACK, _callable_name(callback),
             f"{code.co_filename}:{code.co_firstlineno}" if code else "", message,
             _origin(getattr(handle, "_source_traceback", None)), detail, duration_s,
         )
     # No handle (an event loop without _current_handle): read what the text says.
     name = re.search(r"name='([^']*)'", text)
     where = re.search(r"(?:running|defined) at (\S+?):(\d+)", text)
-    return Finding(
-        Kind.SLOW_CALLBACK, name.group(1) if name else text[:60],
+    return DebugFinding(
+        DebugKind.SLOW_CALLBACK, name.group(1) if name else text[:60],
         f"{where.group(1)}:{where.group(2)}" if where else "", message, (), detail, duration_s,
     )
 
 
-def _never_awaited(coro: Any, text: str) -> Finding:
+def _never_awaited(coro: Any, text: str) -> DebugFinding:
     name = getattr(coro, "__qualname__", None) or repr(coro)
     # cr_origin: (filename, lineno, function) tuples, most recent call first.
     origin = _origin(
-        Frame(*entry) for entry in reversed(getattr(coro, "cr_origin", None) or ())
+        CallSite(*entry) for entry in reversed(getattr(coro, "cr_origin", None) or ())
     )
     if origin:
         where = origin[-1].where
     else:
         code = getattr(coro, "cr_code", None)
         where = f"{code.co_filename}:{code.co_firstlineno}" if code else ""
-    return Finding(Kind.NEVER_AWAITED, name, where, text.splitlines()[0], origin)
+    return DebugFinding(DebugKind.NEVER_AWAITED, name, where, text.splitlines()[0], origin)
 
 
-def _destroyed_pending(context: dict[str, Any]) -> Finding:
+def _destroyed_pending(context: dict[str, Any]) -> DebugFinding:
     task = context["task"]
     name = task.get_name() if isinstance(task, asyncio.Task) else repr(task)
-    return Finding(
-        Kind.DESTROYED_PENDING, name, _task_where(task), str(context["message"]),
+    return DebugFinding(
+        DebugKind.DESTROYED_PENDING, name, _task_where(task), str(context["message"]),
         _origin(context.get("source_traceback")), _coro_name(task),
     )
 
 
-def _never_retrieved(context: dict[str, Any]) -> Finding:
+def _never_retrieved(context: dict[str, Any]) -> DebugFinding:
     exc: BaseException = context["exception"]
     future = context.get("future")
     name = future.get_name() if isinstance(future, asyncio.Task) else type(future).__name__
     raised = traceback.extract_tb(exc.__traceback__)
     where = f"{raised[-1].filename}:{raised[-1].lineno}" if raised else ""
-    return Finding(
-        Kind.NEVER_RETRIEVED, name, where, str(context["message"]),
+    return DebugFinding(
+        DebugKind.NEVER_RETRIEVED, name, where, str(context["message"]),
         _origin(context.get("source_traceback")), repr(exc),
     )
 
@@ -426,12 +426,12 @@ def _is_internal(filename: str) -> bool:
     )
 
 
-def _origin(frames: Iterable[Any] | None) -> tuple[Frame, ...]:
+def _origin(frames: Iterable[Any] | None) -> tuple[CallSite, ...]:
     """A creation stack as Frames, most recent call last, asyncio's own frames left out."""
     if not frames:
         return ()
     return tuple(
-        f if isinstance(f, Frame) else Frame(f.filename, f.lineno or 0, f.name)
+        f if isinstance(f, CallSite) else CallSite(f.filename, f.lineno or 0, f.name)
         for f in frames
         if not _is_internal(f.filename)
     )

@@ -17,7 +17,7 @@ import warnings
 
 import pytest
 
-from course_lib.monitor.debug import DebugReport, Finding, Frame, Kind, debug_block
+from course_lib.monitor.debug import CallSite, DebugFinding, DebugKind, DebugReport, debug_block
 
 HERE = __file__
 
@@ -74,14 +74,14 @@ async def test_a_never_awaited_coroutine_is_reported_with_the_line_that_created_
         line = line_after()
         fetch()  # the mistake: no await
 
-    assert found.counts == {Kind.NEVER_AWAITED: 1}
+    assert found.counts == {DebugKind.NEVER_AWAITED: 1}
     (finding,) = found.findings
     assert finding.kind == "never awaited"
     assert finding.name == "fetch"
     assert finding.message == "coroutine 'fetch' was never awaited"
     assert finding.where == at(line)
     assert finding.created_at == at(line)
-    assert finding.origin[-1] == Frame(HERE, line, inspect.currentframe().f_code.co_name)
+    assert finding.origin[-1] == CallSite(HERE, line, inspect.currentframe().f_code.co_name)
     assert asyncio_log.records == []
 
 
@@ -112,7 +112,7 @@ async def test_a_lost_exception_is_reported_with_the_raising_line_and_the_creati
         await asyncio.sleep(0)  # it runs, fails, and nobody reads the exception
 
     (finding,) = found.findings
-    assert finding.kind == Kind.NEVER_RETRIEVED
+    assert finding.kind == DebugKind.NEVER_RETRIEVED
     assert finding.name == "lost-exception"
     assert finding.message == "Task exception was never retrieved"
     assert finding.detail == "KeyError('lost')"
@@ -132,7 +132,7 @@ async def test_a_future_exception_never_retrieved_is_reported_too(asyncio_log):
         del future
 
     (finding,) = found.findings
-    assert (finding.kind, finding.name) == (Kind.NEVER_RETRIEVED, "Future")
+    assert (finding.kind, finding.name) == (DebugKind.NEVER_RETRIEVED, "Future")
     assert finding.message == "Future exception was never retrieved"
     assert finding.created_at == at(line)
     assert asyncio_log.records == []
@@ -150,7 +150,7 @@ async def test_a_task_destroyed_while_pending_is_reported_with_the_line_that_cre
         # debug_block's own gc.collect() at the end destroys it
 
     (finding,) = found.findings
-    assert finding.kind == Kind.DESTROYED_PENDING
+    assert finding.kind == DebugKind.DESTROYED_PENDING
     assert finding.name == "fire-and-forget"
     assert finding.message == "Task was destroyed but it is pending!"
     assert finding.created_at == at(line)
@@ -190,7 +190,7 @@ async def test_a_blocking_plain_callback_is_a_slow_callback_too(asyncio_log):
         loop.call_soon(time.sleep, 0.02)
         await asyncio.sleep(0.001)
 
-    (finding,) = found.of(Kind.SLOW_CALLBACK)
+    (finding,) = found.of(DebugKind.SLOW_CALLBACK)
     assert finding.name == "sleep"
     assert finding.created_at == at(line)
     assert asyncio_log.records == []
@@ -224,7 +224,7 @@ async def test_all_four_kinds_in_one_block_make_one_table_and_counts():
     assert found.counts == {
         "never awaited": 1, "never retrieved": 1, "destroyed pending": 1, "slow callback": 1
     }
-    assert all(isinstance(f, Finding) for f in found)
+    assert all(isinstance(f, DebugFinding) for f in found)
     lines = str(found).splitlines()
     assert lines[0].split() == ["kind", "task", "/", "coroutine", "where", "created", "at",
                                 "detail"]
