@@ -383,16 +383,12 @@ class TaskTracker:
         self._active = False
         self._births: weakref.WeakKeyDictionary[asyncio.Task, Birth] = (
             weakref.WeakKeyDictionary())
-        self._skip: tuple[str, ...] = (_ASYNCIO_DIR, _OWN_DIR)
 
     def __enter__(self) -> "TaskTracker":
         if self._active or self._installed is not None:
             raise RuntimeError(f"{self!r} was already entered; use a new tracker")
         loop = self._loop = self._loop or asyncio.get_running_loop()
         self._previous = loop.get_task_factory()
-        code = getattr(self._previous, "__code__", None)
-        if code is not None:  # e.g. a Timeline: its lines are not where the task was made
-            self._skip += (code.co_filename,)
         self._installed, self._active = self._factory, True
         loop.set_task_factory(self._installed)
         _TRACKERS.add(self)
@@ -427,10 +423,16 @@ class TaskTracker:
         return task
 
     def _creator(self) -> str | None:
-        f = sys._getframe(1)
-        while f is not None and f.f_code.co_filename.startswith(self._skip):
+        # Outward from here: factories chained to ours (a Timeline's, say), then
+        # asyncio's create_task (loop's, then asyncio's or TaskGroup's), then the caller.
+        f, past_asyncio = sys._getframe(1), False
+        while f is not None:
+            in_asyncio = f.f_code.co_filename.startswith(_ASYNCIO_DIR)
+            if past_asyncio and not in_asyncio and not f.f_code.co_filename.startswith(_OWN_DIR):
+                return frame_text(f)
+            past_asyncio |= in_asyncio
             f = f.f_back
-        return None if f is None else frame_text(f)
+        return None
 
 
 def track(loop: asyncio.AbstractEventLoop | None = None) -> TaskTracker:
