@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -232,6 +234,38 @@ def test_the_watchdog_ends_by_itself_when_the_loop_closes_under_it():
     wait_until(lambda: not dog.running)
     dog.stop()  # still harmless
     assert "stopped" in repr(dog)
+
+
+KERNEL_CELL = """\
+def blocker():
+    time.sleep(0.3)  # the blocking line
+
+async with LoopWatchdog(threshold_s=0.1, interval_s=0.02) as dog:
+    await asyncio.sleep(0.1)
+    blocker()
+    await asyncio.sleep(0.1)
+hits = [e for e in dog.report().episodes if e.where and e.where.function == "blocker"]
+print(len(hits), hits[0].where.lineno, hits[0].where.line, hits[0].thread_name, dog.running)
+"""
+
+
+def test_works_in_a_jupyter_kernels_own_loop():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    repo = Path(__file__).resolve().parents[2]
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import asyncio, time\n"
+                                  "from course_lib.monitor.watchdog import LoopWatchdog"),
+        nbformat.v4.new_code_cell(KERNEL_CELL),
+    ])
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "PYTEST_CURRENT_TEST"}}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(repo), env.get("PYTHONPATH")]))
+    client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3",
+                                     resources={"metadata": {"path": str(repo)}})
+    client.execute(env=env)
+    [output] = [o for o in nb.cells[1].outputs if o.get("name") == "stdout"]
+    # One episode, at line 2 of the cell, in the kernel's main thread; the thread joined.
+    assert output.text.strip() == "1 2 time.sleep(0.3)  # the blocking line MainThread False"
 
 
 # --- lifecycle ----------------------------------------------------------------------
