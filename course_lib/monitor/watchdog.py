@@ -31,7 +31,11 @@ refuses the next probe (``RuntimeError``), which ends the watchdog quietly.
 What it costs: per probe one write to the loop's self-pipe (waking the loop if it
 was idle), one tiny callback, two GIL hand-overs. At ``interval_s=0.02`` that is
 50 probes a second; ``benchmarks/monitor_watchdog_overhead.py`` measures it on
-chapter 3's scheduling benchmark (under 2%).
+chapter 3's scheduling benchmark. The GIL sets the pace on a busy loop: each time
+the watchdog thread wakes, it waits for the loop thread to hand over the GIL (up to
+``sys.getswitchinterval()``, 5 ms), so a probe cycle there takes ``interval_s`` plus
+up to ~15 ms, and the stack of a CPU-bound block is read up to 5 ms after
+``threshold_s``. The lags themselves are stamped on the loop, so they stay exact.
 
 Where it runs:
 
