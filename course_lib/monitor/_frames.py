@@ -132,6 +132,9 @@ def _short(filename: str) -> str:
     for root in _ROOTS:
         if filename.startswith(root):
             return filename[len(root):]
+    for marker in ("/site-packages/", "/dist-packages/"):  # another environment's packages
+        if marker in filename:
+            return filename.split(marker, 1)[1]
     return filename
 
 

@@ -373,6 +373,22 @@ async def test_track_leaves_a_factory_installed_after_it_and_stops_recording():
     await settle()
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are new in Python 3.12")
+@pytest.mark.asyncio
+async def test_track_chains_the_eager_task_factory():
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)
+    try:
+        with track():
+            task = asyncio.create_task(nap(10), name="eager")
+            assert names(where(task)) == ["nap", "sleep"]  # ran up to its sleep already
+        assert loop.get_task_factory() is asyncio.eager_task_factory
+        assert snapshot()["eager"].created_at.startswith("test_track_chains_the_eager_task")
+    finally:
+        loop.set_task_factory(None)
+    await finish(task)
+
+
 @pytest.mark.asyncio
 async def test_track_shows_finished_tasks_and_works_inside_a_timeline():
     async with Timeline():
