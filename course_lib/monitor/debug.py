@@ -370,12 +370,15 @@ def _slow_callback(handle: Any, text: str, duration_s: float) -> DebugFinding:
             f"{code.co_filename}:{code.co_firstlineno}" if code else "", message,
             _origin(getattr(handle, "_source_traceback", None)), detail, duration_s,
         )
-    # No handle (an event loop without _current_handle): read what the text says.
-    name = re.search(r"name='([^']*)'", text)
+    # No handle (uvloop has no _current_handle): read what the text says.
+    name = re.search(r"name='([^']*)'", text) or re.search(r"Handle ([^\s(>]+)", text)
     where = re.search(r"(?:running|defined) at (\S+?):(\d+)", text)
+    created = re.search(r"created at (\S+?):(\d+)", text)
+    origin = _origin([CallSite(created.group(1), int(created.group(2)), "")] if created else ())
     return DebugFinding(
         DebugKind.SLOW_CALLBACK, name.group(1) if name else text[:60],
-        f"{where.group(1)}:{where.group(2)}" if where else "", message, (), detail, duration_s,
+        f"{where.group(1)}:{where.group(2)}" if where else "", message, origin, detail,
+        duration_s,
     )
 
 

@@ -336,3 +336,26 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="origin_depth"):
         debug_block(origin_depth=-1)
     gc.collect()
+
+
+@pytest.mark.allow_asyncio_errors
+def test_on_uvloop_the_same_kinds_are_caught():
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (or Windows)")
+
+    async def main():
+        with debug_block(slow_callback_s=0.01) as found:
+            line = line_after()
+            fetch()
+            asyncio.create_task(fail("lost"), name="lost-exception")  # noqa: RUF006
+            asyncio.get_running_loop().call_soon(time.sleep, 0.02)
+            await asyncio.sleep(0.001)
+        return found, line
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        found, line = runner.run(main())
+    assert found.counts == {"never awaited": 1, "never retrieved": 1, "slow callback": 1}
+    assert found.of("never awaited")[0].created_at == at(line)
+    assert found.of("never retrieved")[0].created_at == at(line + 1)
+    # uvloop has no loop._current_handle: the callback is read from asyncio's log text.
+    (slow,) = found.of("slow callback")
+    assert (slow.name, slow.created_at) == ("sleep", at(line + 2))
