@@ -405,6 +405,12 @@ class VanishedTasks:
     the block does the same (``collect=True``); ``interval_s`` (``async with`` only)
     checks in a background task that often. Tasks created before the block are not
     watched, and reports are frozen when the block ends.
+
+    Cost: a walk up the creating stack (``depth`` frames of yours), a weak reference
+    and a done callback per task; ``benchmarks/monitor_debug_cost.py`` measured 7.6 µs
+    per empty task without, 42 µs with (15-35 µs more per task, depending on how busy
+    the garbage collector is). A tool for finding the bug, like debug mode, which
+    costs five times more.
     """
 
     def __init__(
