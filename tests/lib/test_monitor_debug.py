@@ -359,3 +359,21 @@ def test_on_uvloop_the_same_kinds_are_caught():
     # uvloop has no loop._current_handle: the callback is read from asyncio's log text.
     (slow,) = found.of("slow callback")
     assert (slow.name, slow.created_at) == ("sleep", at(line + 2))
+
+
+@pytest.mark.asyncio
+async def test_the_step_that_leaves_the_block_is_not_reported_to_a_loop_with_debug_off(
+    asyncio_log,
+):
+    loop = asyncio.get_running_loop()
+    loop.set_debug(False)
+    loop.slow_callback_duration = 0  # every step is "slow", the one that leaves included
+    try:
+        with debug_block(slow_callback_s=0) as found:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # asyncio has timed the step that left the block by now
+        assert found.counts["slow callback"] >= 1
+        assert asyncio_log.records == []
+    finally:
+        loop.slow_callback_duration = 0.1
+        loop.set_debug(True)
