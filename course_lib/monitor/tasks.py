@@ -310,15 +310,16 @@ def snapshot(loop: asyncio.AbstractEventLoop | None = None, *, tasks=None) -> Sn
     ``tasks`` to look at those tasks only.
     """
     loop = loop or asyncio.get_running_loop()
+    trackers = [tr for tr in list(_TRACKERS) if tr._loop is loop]
     if tasks is None:
         tasks = set(asyncio.all_tasks(loop))
-        tasks.update(t for tr in list(_TRACKERS) if tr._loop is loop for t in tr._births)
+        tasks.update(t for tr in trackers for t in list(tr._births))
     now, timers, current = loop.time(), Timers(loop), asyncio.current_task(loop)
     infos = []
     for task in tasks:
         frames = _frames(task)
         state, error = _state(task)
-        birth = _birth(task)
+        birth = next((b for tr in trackers if (b := tr._births.get(task))), None)
         name = task.get_name()
         if _NAME_BECOMES_NONE and name == "None" and birth is not None:
             name = birth.name
@@ -355,14 +356,6 @@ class Birth:
     created_s: float  # loop.time() at creation
     created_at: str | None  # "function (file:line)" of the create_task() call
     name: str
-
-
-def _birth(task) -> Birth | None:
-    for tracker in list(_TRACKERS):
-        birth = tracker._births.get(task)
-        if birth is not None:
-            return birth
-    return None
 
 
 class TaskTracker:
