@@ -338,8 +338,7 @@ _MEMORY_FILTERS = (
     tracemalloc.Filter(False, tracemalloc.__file__),
     tracemalloc.Filter(False, __file__),
     tracemalloc.Filter(False, linecache.__file__),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-    tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+    tracemalloc.Filter(False, "<frozen *>"),  # importlib, abc caches: the interpreter's
     tracemalloc.Filter(False, "<unknown>"),
 )
 
