@@ -167,7 +167,7 @@ def _wait(task, frames, now: float, timers: Timers, current) -> Wait:
     detail = frame.f_code.co_qualname
     if kind is Kind.SLEEP:
         when = timers.when(fut)
-        detail = "sleep" if when is None else f"sleep, {max(when - now, 0):.3g} s left"
+        detail = "sleep" if when is None else f"sleep, {_secs(max(when - now, 0))} s left"
     elif kind is Kind.TASKGROUP and obj is not None:
         detail = f"TaskGroup of {len(obj._tasks)}"
     elif kind is Kind.REDIS:  # execute_command(*args): args[0] is the command's name
@@ -177,6 +177,10 @@ def _wait(task, frames, now: float, timers: Timers, current) -> Wait:
 
 
 # -- the snapshot ---------------------------------------------------------------------
+
+
+def _secs(s: float) -> str:
+    return f"{s:.3g}" if s < 1000 else f"{s:.0f}"  # 0.0123, 2, 41.5, 3600: never 3.6e+03
 
 
 def _natural(name: str) -> tuple:
@@ -243,7 +247,7 @@ class Snapshot:
     def _label(self, info: TaskInfo) -> str:
         facts = [info.state.value]
         if info.age_s is not None:
-            facts.append(f"age {info.age_s:.3g} s")
+            facts.append(f"age {_secs(info.age_s)} s")
         text = f"(T) {info.name} [{', '.join(facts)}]"
         if info.wait is not None:
             text += f" {info.wait.detail}"
