@@ -240,6 +240,7 @@ class LoopWatchdog:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread_id: int | None = None
         self._thread: threading.Thread | None = None
+        self._probe: asyncio.Handle | None = None  # the last probe posted
         # The probe protocol: the watchdog posts probe number `seq`, the loop's stamp
         # writes `_ran_seq`/`_ran_at` and notifies. The lock is held only for those
         # few assignments (never while a stack is read or a line logged): the loop
@@ -310,6 +311,7 @@ class LoopWatchdog:
         self._request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout_s)
+            self._drop_probe()
 
     async def aclose(self) -> None:
         """Stop the thread and wait for it to end without blocking the running loop."""
@@ -331,12 +333,22 @@ class LoopWatchdog:
                 await exited
         finally:
             thread.join()  # cancelled meanwhile or not: the thread is ending, no real wait
+            self._drop_probe()
 
     async def __aenter__(self) -> Self:
         return self.start()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    def _drop_probe(self) -> None:
+        # A probe still queued would run as a no-op; on the loop's own thread (the
+        # only place a Handle may be touched) take it off the ready queue instead.
+        probe = self._probe
+        if (probe is not None and not self.running
+                and threading.get_ident() == self._loop_thread_id):
+            probe.cancel()
+            self._probe = None
 
     def _request_stop(self) -> None:
         self._state = _State.STOPPED  # stopped before it started: it never will
@@ -405,7 +417,7 @@ class LoopWatchdog:
                     continue
                 posted_at, posted = time.time(), time.perf_counter()
                 try:
-                    loop.call_soon_threadsafe(self._stamp, seq)
+                    self._probe = loop.call_soon_threadsafe(self._stamp, seq)
                 except RuntimeError:  # the loop closed under us: nothing left to watch
                     return
                 if not self._follow(loop, seq, posted_at, posted):

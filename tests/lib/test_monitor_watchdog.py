@@ -286,6 +286,17 @@ async def test_stop_joins_the_thread_and_a_second_stop_is_harmless():
 
 
 @pytest.mark.asyncio
+async def test_no_probe_is_left_queued_after_stop_on_the_loop():
+    loop = asyncio.get_running_loop()
+    dog = LoopWatchdog(threshold_s=1.0, interval_s=0.01).start()
+    await wait_for_samples(dog, 1)
+    blocker(0.05)  # a probe is posted meanwhile and waits in the ready queue
+    dog.stop()
+    # loop._ready: asyncio's (private) queue of callbacks to run next.
+    assert not [h for h in loop._ready if not h.cancelled() and "_stamp" in repr(h)]
+
+
+@pytest.mark.asyncio
 async def test_aclose_joins_the_thread():
     dog = LoopWatchdog(threshold_s=1.0, interval_s=0.01).start()
     await dog.aclose()
