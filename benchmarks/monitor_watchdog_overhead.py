@@ -148,6 +148,15 @@ def main() -> None:
     results = {w: {v: _summary(runs[w, v], runs[w, base]) for v in variants}
                for w in WORKLOADS}
     fixed = _start_stop_cost()
+    # The figures quoted elsewhere (the notebook, the report): overhead in percent,
+    # per workload and interval, beside the A/A control's (the noise floor).
+    summary = {
+        w: {v: {"wall_paired_pct": 100 * (r["wall_s"]["median_paired_ratio"] - 1),
+                "cpu_paired_pct": 100 * (r["cpu_s"]["median_paired_ratio"] - 1),
+                "wall_min_pct": 100 * (r["wall_s"]["ratio_of_mins"] - 1)}
+            for v, r in by_variant.items() if v != base}
+        for w, by_variant in results.items()
+    }
 
     print(f"{n} no-op jobs through PriorityTaskPool({c}), {args.repeats} interleaved rounds, "
           f"watchdog threshold {THRESHOLD_S} s")
@@ -169,7 +178,7 @@ def main() -> None:
     path = save("monitor_watchdog_overhead", {
         "jobs": n, "concurrency": c, "repeats": args.repeats, "threshold_s": THRESHOLD_S,
         "intervals_s": args.intervals, "target_ratio": 1.02, "baseline": base,
-        "results": results, "start_stop_idle_loop": fixed,
+        "overhead_pct": summary, "start_stop_idle_loop": fixed, "results": results,
     })
     print(f"saved {path}")
 

@@ -325,11 +325,12 @@ class LoopWatchdog:
         loop = asyncio.get_running_loop()
         exited = loop.create_future()
         with self._cond:
-            if not self._exited:
+            registered = not self._exited  # then the thread will resolve `exited`
+            if registered:
                 self._on_exit.append((loop, exited))
         self._request_stop()
         try:
-            if self._on_exit:
+            if registered:
                 await exited
         finally:
             thread.join()  # cancelled meanwhile or not: the thread is ending, no real wait
