@@ -161,6 +161,20 @@ def test_works_inside_runtime_run():
     assert episode.where.lineno == BLOCKING_LINE
 
 
+def test_works_on_uvloop():
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> LagReport:
+        async with LoopWatchdog(threshold_s=0.1, interval_s=0.02) as dog:
+            await wait_for_samples(dog, 2)
+            await blocking_coroutine()
+            await wait_for_samples(dog, dog.report().samples + 1)
+        return dog.report()
+
+    [episode] = episodes_at_blocker(runtime.run(main(), loop_factory=uvloop.new_event_loop))
+    assert episode.where.lineno == BLOCKING_LINE
+
+
 @pytest.mark.asyncio
 async def test_works_inside_run_in_thread_on_the_helper_threads_loop():
     async def main() -> tuple[LagReport, int]:
