@@ -1,3 +1,34 @@
-"""Debugging and monitoring asyncio, live (chapter 5): task trees, watchdog, debug mode, leaks."""
+"""Debugging and monitoring asyncio, live (chapter 5): task trees, watchdog, debug mode, leaks.
 
-__all__: list[str] = []
+One module an idea; the names most code needs are re-exported here:
+
+- ``course_lib.monitor.tasks``: ``snapshot()`` of every task (state, age, the line it
+  is suspended at, what it waits for, who awaits whom), drawn as a tree like
+  ``python -m asyncio pstree`` with deadlock cycles marked, or as a table;
+  ``where(task)``; ``track()`` for ages and creation lines.
+- ``course_lib.monitor.watchdog``: ``LoopWatchdog``, a thread that measures the loop's
+  lag and reads the loop thread's stack while it is blocked, with a lag histogram.
+- ``course_lib.monitor.debug``: ``debug_block()``, asyncio's debug mode for one block,
+  its reports collected into one table instead of log noise.
+- ``course_lib.monitor.leaks``: ``TaskCensus`` (task counts by coroutine over time),
+  ``memory_diff()`` (tracemalloc around a block), ``VanishedTasks`` (chapter 1's
+  weak-reference trap caught with the line that created the task).
+
+The less common names (rows, reports, kinds) stay in their modules.
+"""
+
+__all__ = [
+    "LoopWatchdog",
+    "TaskCensus",
+    "VanishedTasks",
+    "debug_block",
+    "memory_diff",
+    "snapshot",
+    "track",
+    "where",
+]
+
+from course_lib.monitor.debug import debug_block
+from course_lib.monitor.leaks import TaskCensus, VanishedTasks, memory_diff
+from course_lib.monitor.tasks import snapshot, track, where
+from course_lib.monitor.watchdog import LoopWatchdog
