@@ -125,16 +125,17 @@ def _roots() -> list[str]:
 
 @functools.lru_cache(maxsize=4096)
 def _short(filename: str) -> str:
-    """tests/lib/x.py under the working directory, asyncio/tasks.py in the stdlib."""
-    cwd = os.getcwd() + os.sep
-    if filename.startswith(cwd):
-        return filename[len(cwd):]
+    """asyncio/tasks.py in the stdlib, redis/... in any site-packages, tests/lib/x.py
+    under the working directory (checked last: a venv often lives inside it)."""
     for root in _ROOTS:
         if filename.startswith(root):
             return filename[len(root):]
     for marker in ("/site-packages/", "/dist-packages/"):  # another environment's packages
         if marker in filename:
             return filename.split(marker, 1)[1]
+    cwd = os.getcwd() + os.sep
+    if filename.startswith(cwd):
+        return filename[len(cwd):]
     return filename
 
 
