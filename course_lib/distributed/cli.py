@@ -4,6 +4,7 @@
         worker --app course_lib.examples.jobs_app:registry --concurrency 4
     python -m course_lib.distributed enqueue resize 42 --wait 30   # prints the id, then the result
     python -m course_lib.distributed stats --json
+    python -m course_lib.distributed stats --watch --interval 2   # redrawn until Ctrl-C
     python -m course_lib.distributed dead list
     python -m course_lib.distributed dead requeue --all
 
@@ -16,6 +17,16 @@ process (``course_lib.redis.serve_fake_tcp()`` serves one on a TCP port).
 lets running jobs finish within ``--grace``, hands back the rest) and exits 0; a
 second signal ends it at once. It prints ``worker NAME ready`` on stderr once it
 has joined the consumer group, and logs one line per job transition on stderr.
+With ``--metrics-port PORT`` it serves Prometheus metrics on
+``http://127.0.0.1:PORT/metrics`` (``--metrics-host`` to listen elsewhere; port 0
+picks a free one) and prints ``worker NAME metrics on URL`` on stderr before ``ready``
+(see ``course_lib.distributed.metrics``).
+``stats --watch`` prints the counts every ``--interval`` seconds (``--count N``
+samples, else until SIGTERM, exit 0, or Ctrl-C, exit 130), each with its change per
+second since the previous sample; on a terminal it redraws in place. The stream's
+change is enqueued minus settled, not a throughput: the jobs done per second are the
+workers' ``course_queue_processed_total`` metric. A Redis error while watching prints
+one line and the next sample tries again.
 ``enqueue`` sends what it is given (3 attempts, no timeout, unless told); with
 ``--app`` it refuses unknown tasks and uses the task's own settings, as a
 ``Queue`` with a registry does. Data goes to stdout, messages to stderr;
@@ -26,10 +37,11 @@ Exit codes:
     0    ok
     1    the awaited job failed or died (enqueue --wait), a requeue refused some
          entries, or Redis answered a command with an error
-    2    usage error: bad arguments, no Redis URL, a bad --app
+    2    usage error: bad arguments, no Redis URL, a bad --app, a --metrics-port
+         that cannot be listened on
     3    Redis unreachable
     4    timed out waiting (enqueue --wait SECONDS)
-    130  interrupted (Ctrl-C outside the worker's graceful stop)
+    130  interrupted (Ctrl-C outside the worker's graceful stop, stats --watch included)
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ import math
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
@@ -171,6 +184,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds running jobs get to finish at stop (default 10)")
     worker.add_argument("--block", type=_positive(float), default=1.0, metavar="S",
                         help="longest wait of one read (default 1)")
+    worker.add_argument("--metrics-port", type=_port, metavar="PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (0: a free "
+                             "port, printed on stderr); default: none")
+    worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                        help="the address --metrics-port listens on (default 127.0.0.1)")
 
     enqueue = command(commands, "enqueue", _enqueue, "enqueue one job, print its id")
     enqueue.add_argument("task", metavar="TASK")
@@ -194,7 +212,15 @@ def _parser() -> argparse.ArgumentParser:
 
     stats = command(commands, "stats", _stats,
                     "queue counts: stream, pending, lag, delayed, dead, consumers")
-    stats.add_argument("--json", action="store_true", help="one JSON object")
+    stats.add_argument("--json", action="store_true",
+                       help="one JSON object (with --watch: one per line, with \"rates\")")
+    stats.add_argument("--watch", action="store_true",
+                       help="print the counts again every --interval seconds, with their "
+                            "change per second, until SIGTERM (exit 0) or Ctrl-C (exit 130)")
+    stats.add_argument("--interval", type=_positive(float), metavar="S",
+                       help="with --watch: seconds between samples (default 1)")
+    stats.add_argument("--count", type=_positive(int), metavar="N",
+                       help="with --watch: stop after N samples")
 
     dead = commands.add_parser("dead", help="list or requeue dead letters",
                                description="list or requeue dead letters")
@@ -246,6 +272,16 @@ def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
     return parse
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, not {text}")
+    return port
+
+
 def _json_or_text(text: str) -> Any:
     try:
         return json.loads(text, parse_constant=_refuse)
@@ -285,6 +321,9 @@ def _prepare(args: argparse.Namespace) -> None:
         if args.block >= args.visibility_timeout:
             raise UsageError(f"--block ({args.block}) must be below --visibility-timeout "
                              f"({args.visibility_timeout})")
+    elif args.command == "stats" and not args.watch:
+        if args.interval is not None or args.count is not None:
+            raise UsageError("--interval and --count go with --watch")
     elif args.command == "dead" and args.dead_command == "requeue":
         if bool(args.all) == bool(args.entry_id):
             raise UsageError("dead requeue takes ENTRY_IDs or --all (one of the two)")
@@ -315,6 +354,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         return _fail(EXIT_UNREACHABLE, exc)
     except ValueError as exc:  # a malformed URL; the message masks it
         return _fail(EXIT_USAGE, exc)
+    args.url = url  # for messages that must mask it (_scrub)
     try:
         return await args.run(args, client)
     except _REDIS_DOWN as exc:
@@ -330,7 +370,10 @@ async def _worker(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
     worker = Worker(client, args.registry, queue=args.queue, name=args.name,
                     concurrency=args.concurrency, visibility_timeout_s=args.visibility_timeout,
                     grace_s=args.grace, block_s=args.block)
-    async with GracefulShutdown() as stop:
+    async with contextlib.AsyncExitStack() as stack:
+        if args.metrics_port is not None:  # bound first: a taken port joins no group
+            stack.push_async_callback((await _serve_metrics(args, worker)).stop)
+        stop = await stack.enter_async_context(GracefulShutdown())
         await worker.start()
         try:
             # Printed, not logged: a parent process waits for this line, whatever -q says.
@@ -338,7 +381,20 @@ async def _worker(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
             await stop.wait()
         finally:
             await worker.stop()  # logs "worker NAME stopped: <report>"
-    return EXIT_OK
+    return EXIT_OK  # the metrics server stopped after the worker: the last counts were served
+
+
+async def _serve_metrics(args: argparse.Namespace, worker: Worker) -> Any:
+    from .metrics import MetricsServer  # imports prometheus_client: only when asked for
+
+    server = MetricsServer(worker, args.metrics_port, args.metrics_host)
+    try:
+        await server.start()
+    except OSError as exc:  # port taken, address not ours: a usage error, not Redis
+        raise UsageError(f"--metrics-port {args.metrics_port}: cannot listen on "
+                         f"{args.metrics_host}: {exc.strerror or exc}") from None
+    print(f"worker {worker.name} metrics on {server.url}", file=sys.stderr, flush=True)
+    return server
 
 
 async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
@@ -361,6 +417,8 @@ async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int
 
 
 async def _stats(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    if args.watch:
+        return await _watch(args, client)
     counts = dataclasses.asdict(await Queue(client, args.queue).counts())
     if args.json:
         print(json.dumps({"queue": args.queue, **counts}))
@@ -368,6 +426,60 @@ async def _stats(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
         for name, value in {"queue": args.queue, **counts}.items():
             print(f"{name:<10} {value}")
     return EXIT_OK
+
+
+_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: only on a terminal
+_RATED = ("stream", "pending", "lag", "delayed", "dead")  # consumers: a count, no rate
+
+
+async def _watch(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    """``stats --watch``: sample, print, sleep ``--interval``; until --count, SIGTERM or SIGINT."""
+    queue = Queue(client, args.queue)
+    interval = args.interval or 1.0
+    redraw = sys.stdout.isatty() and not args.json
+    loop = asyncio.get_running_loop()
+    previous: tuple[float, dict[str, int]] | None = None
+    samples = 0
+    async with GracefulShutdown() as stop:
+        while not stop.is_set():
+            try:  # bounded: a server that stops answering is an error line, not a hang
+                counts = dataclasses.asdict(
+                    await asyncio.wait_for(queue.counts(), max(interval, 5.0)))
+            except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
+                reason = _scrub(str(exc) or type(exc).__name__, args.url).splitlines()[0]
+                print(f"{time.strftime('%H:%M:%S')} Redis at {mask_url(args.url)}: "
+                      f"{type(exc).__name__}: {reason}", file=sys.stderr, flush=True)
+            else:
+                now = loop.time()
+                rates = None if previous is None else {
+                    name: (counts[name] - previous[1][name]) / max(now - previous[0], 1e-9)
+                    for name in _RATED}
+                previous = (now, counts)
+                print(_watch_block(args, counts, rates, samples + 1, redraw), end="", flush=True)
+            samples += 1
+            if args.count is not None and samples >= args.count:
+                return EXIT_OK
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    if stop.reason == "SIGINT":
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _watch_block(args: argparse.Namespace, counts: dict[str, int],
+                 rates: dict[str, float] | None, sample: int, redraw: bool) -> str:
+    if args.json:
+        return json.dumps({"queue": args.queue, **counts, "time": time.time(),
+                           "rates": rates}) + "\n"
+    lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S')}  sample {sample}, every "
+             f"{args.interval or 1.0:g} s  (Ctrl-C stops)"]
+    for name, value in {"queue": args.queue, **counts}.items():
+        line = f"{name:<10} {value}"
+        if rates is not None and name in rates:
+            line = f"{line:<22} {rates[name]:+.1f}/s"
+        lines.append(line)
+    return (_CLEAR if redraw else "") + "\n".join(lines) + ("\n" if redraw else "\n\n")
 
 
 async def _dead_list(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:

@@ -112,6 +112,144 @@ def test_stats_counts_the_queue(capsys, url, queue):
     assert code == 0 and "stream     3" in out.splitlines()
 
 
+def test_stats_watch_prints_one_block_per_sample_with_rates(capsys, url, queue):
+    for n in range(3):
+        cli(capsys, "--redis-url", url, "--queue", queue, "enqueue", "add", n, n)
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue,
+                         "stats", "--watch", "--count", "2", "--interval", "0.05")
+    assert code == 0 and "Traceback" not in err
+    assert "\x1b[" not in out  # not a terminal: plain blocks, no redrawing
+    blocks = [block.splitlines() for block in out.strip().split("\n\n")]
+    assert len(blocks) == 2
+    for n, lines in enumerate(blocks, 1):
+        assert f"sample {n}, every 0.05 s" in lines[0]
+        assert f"queue      {queue}" in lines
+        figures = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+        assert figures["stream"][0] == figures["lag"][0] == "3"
+        assert figures["consumers"] == ["0"]  # a count, never a rate
+    assert all(len(figures) == 1 for figures in _figures(blocks[0]).values())  # no rate yet
+    assert _figures(blocks[1])["stream"] == ["3", "+0.0/s"]  # nothing changed in between
+    # --json: one object per sample, one per line, the rates in it (none for the first).
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue,
+                       "stats", "--watch", "--json", "--count", "2", "--interval", "0.05")
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert (first["stream"], first["rates"]) == (3, None)
+    assert second["stream"] == 3 and second["rates"]["stream"] == 0.0
+    assert set(second["rates"]) == {"stream", "pending", "lag", "delayed", "dead"}
+
+
+def _figures(lines: list[str]) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in lines[2:]}  # past the time, queue
+
+
+def test_stats_watch_redraws_in_place_on_a_terminal(capsys, monkeypatch, url, queue):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue,
+                       "stats", "--watch", "--count", "3", "--interval", "0.05")
+    assert code == 0
+    clear = "\x1b[H\x1b[2J"
+    assert out.startswith(clear) and out.count(clear) == 3
+    assert all("stream     0" in block for block in out.split(clear)[1:])
+
+
+class WatchProcess:
+    """``stats --watch --json`` as a process; its stdout samples and stderr lines, queued."""
+
+    def __init__(self, url: str, queue: str) -> None:
+        import queue as queues
+        env = {**os.environ, "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
+        env.pop("REDIS_URL", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "course_lib.distributed", "--redis-url", url, "--queue",
+             queue, "stats", "--watch", "--json", "--interval", "0.1"],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+        )  # fmt: skip
+        self.samples: queues.Queue[dict] = queues.Queue()
+        self.errors: queues.Queue[str] = queues.Queue()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.samples, json.loads),
+                             daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.errors, str.rstrip),
+                             daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, into, parse) -> None:
+        for line in stream:
+            into.put(parse(line))
+
+    def sample_where(self, check, timeout_s: float = 30.0) -> dict:
+        """The first next sample for which ``check`` is true (a hang guard, not a bound)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            sample = self.samples.get(timeout=max(0.0, deadline - time.monotonic()))
+            if check(sample):
+                return sample
+
+    def stderr_line(self, text: str, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            line = self.errors.get(timeout=max(0.0, deadline - time.monotonic()))
+            assert "Traceback" not in line
+            if text in line:
+                return line
+
+    def stop(self, sig: int) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        rest = []
+        while not self.errors.empty():
+            rest.append(self.errors.get())
+        return code, "\n".join(rest)
+
+    def __enter__(self) -> WatchProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize(("sig", "code", "says"), [(signal.SIGTERM, 0, "stop requested"),
+                                                   (signal.SIGINT, 130, "interrupted")],
+                         ids=["SIGTERM", "SIGINT"])
+def test_stats_watch_follows_changes_until_a_signal(capsys, sig, code, says, queue):
+    with serve_fake_tcp() as server, WatchProcess(server.url, queue) as watch:
+        watch.sample_where(lambda s: s["stream"] == 0)
+        for n in range(2):
+            cli(capsys, "--redis-url", server.url, "--queue", queue, "enqueue", "add", n, n)
+        # The sample that first sees them says the stream grew since the one before.
+        grown = watch.sample_where(lambda s: s["stream"] == 2)
+        assert grown["rates"]["stream"] > 0 and grown["rates"]["dead"] == 0
+        steady = watch.sample_where(lambda s: s["rates"]["stream"] == 0)
+        assert steady["stream"] == 2
+        exit_code, err = watch.stop(sig)
+    assert exit_code == code and says in err and "Traceback" not in err
+
+
+def test_stats_watch_keeps_trying_while_redis_is_gone(queue):
+    server = serve_fake_tcp()
+    try:
+        with WatchProcess(server.url, queue) as watch:
+            watch.sample_where(lambda s: s["stream"] == 0)
+            server.stop()
+            # One line per failed sample, the URL in it; no traceback, no exit.
+            first = watch.stderr_line(f"Redis at {server.url}")
+            watch.stderr_line(f"Redis at {server.url}")
+            assert watch.proc.poll() is None
+            exit_code, err = watch.stop(signal.SIGTERM)
+        assert exit_code == 0 and "Traceback" not in err
+        assert "Error" in first and len(first.splitlines()) == 1
+    finally:
+        server.stop()
+
+
 def _bury(client, queue: str) -> tuple[str, str]:
     """Two dead letters as a worker writes them: a dead job, and an entry that was no job."""
     keys = QueueKeys(queue)
@@ -223,6 +361,12 @@ def test_a_bad_app_exits_2_with_one_line(capsys, tmp_path, monkeypatch, app, say
     (["--redis-url", "redis://127.0.0.1:1/0", "worker", "--app", APP, "--concurrency", "0"],
      "must be > 0"),
     (["--redis-url", "redis://127.0.0.1:1/0"], "required"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "stats", "--count", "2"],
+     "--interval and --count go with --watch"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "stats", "--watch", "--interval", "0"],
+     "must be > 0"),
+    (["--redis-url", "redis://127.0.0.1:1/0", "worker", "--app", APP, "--metrics-port",
+      "70000"], "must be 0 to 65535"),
 ])  # fmt: skip
 def test_usage_errors_exit_2(capsys, argv, says):
     code, out, err = cli(capsys, *argv)
