@@ -79,7 +79,7 @@ class WorkerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         labels = [self.worker.queue.name, self.worker.name]
-        local = _local_counts(self.worker)
+        local = self.worker.local_counts()  # no Redis: a scrape never waits on it
         for name, doc in COUNTERS.items():
             family = CounterMetricFamily(PREFIX + name, doc, labels=["queue", "worker"])
             family.add_metric(labels, local[name])
@@ -183,14 +183,6 @@ class MetricsServer:
             except Exception:  # a bug must not end the refreshing quietly, nor the worker
                 logger.exception("metrics refresh for %s failed", self.worker.name)
             await asyncio.sleep(self.refresh_s)
-
-
-def _local_counts(worker: Worker) -> dict[str, Any]:
-    # Worker.stats() is a coroutine (it asks Redis for the queue-wide part); the
-    # worker-local part is a dict of ints and a task count, read here without the loop.
-    counts = dict(worker._counts)  # one C-level copy under the GIL: a consistent snapshot
-    counts["in_flight"] = len(worker._jobs)
-    return counts
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):

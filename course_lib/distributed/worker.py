@@ -332,8 +332,18 @@ class Worker(_Running):
     async def stats(self) -> WorkerStats:
         """This worker's counters, plus the queue's pending, lag, delayed and dead counts."""
         counts = await self.queue.counts()
-        return WorkerStats(**self._counts, in_flight=len(self._jobs), pending=counts.pending,
+        return WorkerStats(**self.local_counts(), pending=counts.pending,
                            lag=counts.lag, delayed=counts.delayed, dead_letters=counts.dead)
+
+    def local_counts(self) -> dict[str, int]:
+        """This worker's own counters and ``in_flight``, without asking Redis.
+
+        Safe to call from another thread (a metrics scrape): one copy of the counters
+        under the GIL, so the figures are consistent with each other.
+        """
+        counts = dict(self._counts)
+        counts["in_flight"] = len(self._jobs)
+        return counts
 
     # --- reading --------------------------------------------------------------------
 
