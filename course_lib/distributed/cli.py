@@ -21,6 +21,12 @@ With ``--metrics-port PORT`` it serves Prometheus metrics on
 ``http://127.0.0.1:PORT/metrics`` (``--metrics-host`` to listen elsewhere; port 0
 picks a free one) and prints ``worker NAME metrics on URL`` on stderr before ``ready``
 (see ``course_lib.distributed.metrics``).
+With ``--aiomonitor-port PORT`` it runs aiomonitor (``pip install aiomonitor``) on
+loopback: its terminal UI on telnet PORT (``python -m aiomonitor.cli -p PORT``), its
+web UI on PORT+1 (port 0: two free ones); it prints ``worker NAME aiomonitor on
+telnet://... and http://...`` on stderr before ``ready``. Anyone on the machine can
+then list, inspect and cancel the worker's tasks: it is off by default, and never
+listens beyond 127.0.0.1 (``course_lib.monitor.attach`` drives it from a script).
 ``stats --watch`` prints the counts every ``--interval`` seconds (``--count N``
 samples, else until SIGTERM, exit 0, or Ctrl-C, exit 130), each with its change per
 second since the previous sample; on a terminal it redraws in place. The stream's
@@ -38,7 +44,7 @@ Exit codes:
     1    the awaited job failed or died (enqueue --wait), a requeue refused some
          entries, or Redis answered a command with an error
     2    usage error: bad arguments, no Redis URL, a bad --app, a --metrics-port
-         that cannot be listened on
+         or --aiomonitor-port that cannot be listened on, aiomonitor not installed
     3    Redis unreachable
     4    timed out waiting (enqueue --wait SECONDS)
     130  interrupted (Ctrl-C outside the worker's graceful stop, stats --watch included)
@@ -58,6 +64,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import textwrap
 import time
@@ -189,6 +196,9 @@ def _parser() -> argparse.ArgumentParser:
                              "port, printed on stderr); default: none")
     worker.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                         help="the address --metrics-port listens on (default 127.0.0.1)")
+    worker.add_argument("--aiomonitor-port", type=_port, metavar="PORT",
+                        help="run aiomonitor on 127.0.0.1: telnet PORT, web UI PORT+1 (0: "
+                             "free ports, printed on stderr); default: none")
 
     enqueue = command(commands, "enqueue", _enqueue, "enqueue one job, print its id")
     enqueue.add_argument("task", metavar="TASK")
@@ -373,6 +383,8 @@ async def _worker(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if args.metrics_port is not None:  # bound first: a taken port joins no group
             stack.push_async_callback((await _serve_metrics(args, worker)).stop)
+        if args.aiomonitor_port is not None:  # closed after worker.stop(): it sees the stop
+            stack.enter_context(_aiomonitor(args, worker))
         stop = await stack.enter_async_context(GracefulShutdown())
         await worker.start()
         try:
@@ -395,6 +407,53 @@ async def _serve_metrics(args: argparse.Namespace, worker: Worker) -> Any:
                          f"{args.metrics_host}: {exc.strerror or exc}") from None
     print(f"worker {worker.name} metrics on {server.url}", file=sys.stderr, flush=True)
     return server
+
+
+_LOOPBACK = "127.0.0.1"  # aiomonitor has no authentication: never anywhere else
+
+
+def _aiomonitor(args: argparse.Namespace, worker: Worker) -> Any:
+    """Start aiomonitor on this loop (a thread of its own serves it); the started Monitor."""
+    try:
+        import aiomonitor  # only when asked for: an optional dependency
+    except ImportError:
+        raise UsageError("--aiomonitor-port needs aiomonitor: pip install aiomonitor") from None
+    if args.aiomonitor_port == 0:
+        with _listening(0) as one, _listening(0) as two:  # both open: two different ports
+            termui_port, webui_port = one.getsockname()[1], two.getsockname()[1]
+    elif args.aiomonitor_port == 65535:
+        raise UsageError("--aiomonitor-port 65535: the web UI needs PORT+1")
+    else:
+        termui_port, webui_port = args.aiomonitor_port, args.aiomonitor_port + 1
+    # Checked here because aiomonitor cannot say: a web UI port that is taken kills its
+    # thread, and Monitor.start() then waits for that thread for ever.
+    for port in (termui_port, webui_port):
+        try:
+            with _listening(port):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--aiomonitor-port {args.aiomonitor_port}: cannot listen on "
+                             f"{_LOOPBACK}:{port}: {exc.strerror or exc}") from None
+    monitor = aiomonitor.start_monitor(
+        asyncio.get_running_loop(), host=_LOOPBACK, port=termui_port, webui_port=webui_port,
+        console_enabled=False,  # a Python prompt inside the worker: too much for a course
+        hook_task_factory=True,  # where each task was created, and since when
+    )  # fmt: skip
+    print(f"worker {worker.name} aiomonitor on telnet://{_LOOPBACK}:{termui_port} and "
+          f"http://{_LOOPBACK}:{webui_port}", file=sys.stderr, flush=True)
+    return monitor
+
+
+def _listening(port: int) -> socket.socket:
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers will
+        sock.bind((_LOOPBACK, port))
+        sock.listen()
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
