@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -509,3 +510,69 @@ def test_ctrl_c_while_waiting_for_a_result_exits_130(redis_server, queue):
             proc.communicate(timeout=10)
     assert proc.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
+
+
+# --- worker --aiomonitor-port ------------------------------------------------------------------
+
+
+TTYPE_SEND = b"\xff\xfa\x18\x01\xff\xf0"  # telnet: IAC SB TERMINAL-TYPE SEND IAC SE
+
+
+def _read_until(sock: socket.socket, end: bytes) -> bytes:
+    """What ``sock`` sends until it has sent ``end`` (``b"(closed)"``: until it closes)."""
+    said = b""
+    while end not in said and len(said) < 65536:
+        said += sock.recv(65536) or b"(closed)"
+        if said.endswith(b"(closed)"):
+            break
+    return said
+
+
+def test_a_worker_with_aiomonitor_port_says_where_it_listens_and_closes_it(queue):
+    pytest.importorskip("aiomonitor", reason="aiomonitor not installed (optional)")
+    import urllib.request
+
+    with serve_fake_tcp() as server, WorkerProcess(server.url, queue, "--name", "m1",
+                                                   "--aiomonitor-port", "0") as worker:
+        said = worker.lines[worker.wait_for("worker m1 aiomonitor on telnet://127.0.0.1:")]
+        assert worker.wait_for("worker m1 ready") > worker.wait_for("aiomonitor on")
+        telnet_port, web_url = re.search(r"telnet://127\.0\.0\.1:(\d+) and (http://\S+)",
+                                         said).groups()
+        with urllib.request.urlopen(web_url + "/api/version", timeout=10) as reply:
+            assert "value" in json.load(reply)  # aiomonitor's web UI answers
+        with socket.create_connection(("127.0.0.1", int(telnet_port)), timeout=10) as telnet:
+            # Its terminal UI: it asks for our terminal type, prompts, and ends on "exit".
+            # (A client that leaves mid-negotiation makes prompt_toolkit print a traceback.)
+            said = _read_until(telnet, TTYPE_SEND)
+            telnet.sendall(b"\xff\xfa\x18\x00VT100\xff\xf0")  # IAC SB TTYPE IS VT100 IAC SE
+            said += _read_until(telnet, b"monitor >>> ")
+            assert b"Asyncio Monitor: " in said and b"tasks running" in said, said
+            telnet.sendall(b"exit\r")
+            _read_until(telnet, b"(closed)")
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.exit_code() == 0
+    for port in (int(telnet_port), int(web_url.rsplit(":", 1)[1])):
+        with pytest.raises(ConnectionRefusedError), socket.socket() as sock:
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", port))  # closed with the worker
+    assert not any("Traceback" in line for line in worker.lines), "\n".join(worker.lines)
+
+
+@pytest.mark.parametrize("case", ["taken", "65535", "not installed"])
+def test_aiomonitor_port_usage_errors_exit_2_in_one_line(capsys, monkeypatch, case):
+    if case == "not installed":
+        monkeypatch.setitem(sys.modules, "aiomonitor", None)  # import aiomonitor fails
+    else:
+        pytest.importorskip("aiomonitor", reason="aiomonitor not installed (optional)")
+    with serve_fake_tcp() as server, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = {"taken": taken.getsockname()[1], "65535": 65535}.get(case, 0)
+        code, out, err = cli(capsys, "--redis-url", server.url, "worker", "--app", APP,
+                             "--aiomonitor-port", port)
+    assert (code, out) == (2, "")
+    says = {"taken": f"--aiomonitor-port {port}: cannot listen on 127.0.0.1:{port}",
+            "65535": "the web UI needs PORT+1",
+            "not installed": "--aiomonitor-port needs aiomonitor: pip install aiomonitor"}
+    assert says[case] in err
+    assert len(err.splitlines()) == 1  # that line only: no traceback, the worker never started
