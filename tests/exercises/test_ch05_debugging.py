@@ -185,9 +185,7 @@ async def test_where_goes_down_into_asyncio_sleep(ex):
         task = tasks.start(_naps())
         await asyncio.sleep(0)
         got = _where(ex, task, "_naps -> asyncio.sleep")
-        assert got[:1] == [_at("_naps", "naps")], (
-            f"a task in _naps(): the first line is {got[:1]}, expected {[_at('_naps', 'naps')]}"
-        )
+        _compare(got[:1], [_at("_naps", "naps")], "a task in _naps()")
         assert len(got) == 2 and re.fullmatch(r"sleep \(tasks\.py:\d+\)", got[1]), (
             f"a task in asyncio.sleep(): where() gave {got}, expected 2 lines, the last "
             "'sleep (tasks.py:N)': asyncio's frames are frames too"
@@ -795,7 +793,7 @@ async def test_service_surfaces_an_error_of_the_sink_from_aclose(ex, monkeypatch
             leaves = (what,)
         assert how == "raised" and sink.error in leaves, (
             f"lost: sink raised {sink.error!r} and aclose() {_said(outcome)}; let the error "
-            "end the writer (no except Exception: pass) and come out of aclose()"
+            "end the writer (not caught, not just logged) and come out of aclose()"
         )
 
 
