@@ -13,6 +13,8 @@ The tasks (each tried once: ``max_attempts=1``, so an outcome is final):
   ``CancelledError`` nobody asked it for, and the worker records it as failed.
 - ``block(seconds)``: ``time.sleep(seconds)`` inside the coroutine, the classic
   mistake: the whole event loop stops, and py-spy's dump names the line.
+- ``block_until(path, limit_s=600)``: the same mistake, held until the file ``path``
+  exists (a test or a notebook releases it when it has looked).
 - ``add(a, b)``: returns ``a + b``: proof that the worker goes on.
 
 What the worker does when the *job's own task* is cancelled from outside (aiomonitor's
@@ -23,9 +25,10 @@ and hangs again. A stuck job is ended by a timeout on its task, not by a cancel.
 
 from __future__ import annotations
 
-__all__ = ["add", "block", "registry", "wait_for_reply", "wait_for_signal"]
+__all__ = ["add", "block", "block_until", "registry", "wait_for_reply", "wait_for_signal"]
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -57,6 +60,14 @@ async def _reply(name: str) -> str:
 async def block(seconds: float = 3.0) -> str:
     time.sleep(seconds)  # noqa: ASYNC251 (the bug on purpose: the loop stops here)
     return f"blocked {seconds} s"
+
+
+@registry.task(max_attempts=1)
+async def block_until(path: str, limit_s: float = 600.0) -> str:
+    give_up = time.monotonic() + limit_s
+    while not os.path.exists(path) and time.monotonic() < give_up:  # noqa: ASYNC240
+        time.sleep(0.05)  # noqa: ASYNC251 (the bug on purpose: the loop stops here)
+    return f"released by {path}"
 
 
 @registry.task(max_attempts=1)
