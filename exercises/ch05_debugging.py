@@ -41,6 +41,7 @@ def where(task: asyncio.Task[Any]) -> list[str]:
     - A finished task (returned, failed or cancelled): ``[]``. A task created and not
       started yet: its coroutine's frame, at the ``def`` line (it has run nothing).
     - A chain 1,000 awaits deep works (the recursion limit is 1,000).
+    - (A task calling ``where()`` on itself is running, not suspended: not asked.)
     """
     raise NotImplementedError("Exercise 5.1: where")
 
@@ -111,8 +112,8 @@ class Service:
     It answers a request with ``lookup(request)`` and writes an audit line for it,
     ``f"{request} -> {answer}"``, with ``await sink(line)``: in the background, one
     line after the other, so that a slow sink never holds up an answer. In a quick
-    demo it works. Under load, the chapter's tools find three bugs (the lag monitor,
-    the task tree, debug mode). Repaired, it does this:
+    demo it works. It has three bugs, one of each kind this chapter finds: a blocked
+    loop, a task left behind, an error nobody hears of. Repaired, it does this:
 
     - ``handle()`` never blocks the loop, however long ``lookup()`` takes: every
       other task goes on running meanwhile. ``lookup()`` stays a synchronous function
