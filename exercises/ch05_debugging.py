@@ -139,7 +139,7 @@ class Service:
 
     async def start(self) -> None:
         # The writer runs as long as the program does.
-        asyncio.create_task(self._write_lines())  # noqa: RUF006
+        asyncio.create_task(self._write_lines())
 
     async def handle(self, request: str) -> str:
         if self.closed:

@@ -12,9 +12,9 @@ and assert only that the block was seen (a lower bound: a loaded machine is late
 never earlier).
 
 5.3 runs in real time: its lookup() goes to worker threads. lookup() and the sink are
-replaced by recording fakes; every wait has a bound and a hint. The one upper bound
-on real time (the loop must not run 0.5 s late while four 0.3 s lookups run in
-threads) has a margin of seconds against the wrong answer (1.2 s late at least).
+replaced by recording fakes; every wait has a bound and a hint. "Never blocks the
+loop" is graded by the thread lookup() runs on, never by a wall-clock bound on lag
+(a loaded machine is late for reasons of its own); the lag measured goes in the hint.
 
 Every task a test starts, and every task the code under test leaves behind, is stopped
 at the end of the test's own body.
@@ -692,14 +692,14 @@ async def test_service_answers_and_writes_one_line_per_request(ex, monkeypatch):
 @pytest.mark.asyncio
 @pytest.mark.exercise("5.3")
 async def test_service_never_blocks_the_loop(ex, monkeypatch):
-    """4 requests at once, lookup() blocking 0.3 s each: the loop is never 0.5 s late."""
+    """4 requests at once, lookup() blocking 0.3 s each: it runs off the loop's thread."""
     async with _Cleanup() as tasks:
         lookup = _Lookup(block_s=0.3)
         monkeypatch.setattr(ex, "lookup", lookup)
         service = await _started(ex, _Sink())
         lags: list[float] = []
 
-        async def probe() -> None:
+        async def probe() -> None:  # how late the loop ran: for the hint, not a bound
             loop = asyncio.get_running_loop()
             while True:
                 due = loop.time() + 0.01
@@ -712,13 +712,10 @@ async def test_service_never_blocks_the_loop(ex, monkeypatch):
         answers = await _within(10, handled, "4 requests took over 10 s")
         await asyncio.sleep(0.05)
         assert answers == ["R0", "R1", "R2", "R3"], f"handle() answered {answers}"
-        assert max(lags) < 0.5, (
-            f"blocked: the loop ran {max(lags):.2f} s late while 4 requests were handled: "
-            "lookup() is synchronous, run it in a worker thread (asyncio.to_thread)"
-        )
         assert lookup.on_loop_thread == 0, (
             f"blocked: lookup() ran on the loop's thread {lookup.on_loop_thread} times of "
-            f"{lookup.calls}: call it in a worker thread (asyncio.to_thread)"
+            f"{lookup.calls} (the loop ran up to {max(lags, default=0):.2f} s late): "
+            "call it in a worker thread (asyncio.to_thread)"
         )
         assert lookup.calls == 4, f"lookup() was called {lookup.calls} times for 4 requests"
         await _close(service)
