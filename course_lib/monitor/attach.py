@@ -32,6 +32,7 @@ import dataclasses
 import html.parser
 import http.client
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 _MAX_BYTES = 4 << 20  # a reply larger than this is not aiomonitor's
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _URL_LINE = re.compile(r"aiomonitor on telnet://\S+ and (http://\S+)")
 
 
@@ -282,7 +284,7 @@ class SpyDump:
     def threads(self) -> list[SpyThread]:
         """The dump's threads, in its order."""
         found: list[SpyThread] = []
-        head = re.compile(r'^Thread (0x[0-9a-fA-F]+|\d+) \((\w+)\): "(.*)"$')
+        head = re.compile(r'^Thread (0x[0-9a-fA-F]+|\d+) \((\w+)\)(?:: "(.*)")?$')
         current: tuple[int, str, str] | None = None
         frames: list[str] = []
         for line in [*self.text.splitlines(), "Thread 0 (end): \"\""]:
@@ -290,8 +292,8 @@ class SpyDump:
                 if current is not None:
                     found.append(SpyThread(*current, tuple(frames)))
                 tid = match.group(1)
-                current = (int(tid, 16 if tid.startswith("0x") else 10), match.group(3),
-                           match.group(2))
+                current = (int(tid, 16 if tid.startswith("0x") else 10),
+                           match.group(3) or "", match.group(2))  # a thread may have no name
                 frames = []
             elif current is not None and line.startswith(" "):
                 frames.append(line.strip())
@@ -307,7 +309,7 @@ class SpyDump:
 
 _PTRACE = ("py-spy may not read another process here (ptrace): run it as root (sudo; "
            "always on macOS), give a container CAP_SYS_PTRACE (docker run --cap-add "
-           "SYS_PTRACE), or allow it on Linux: sudo sysctl kernel.yama.ptrace_scope=0")
+           "SYS_PTRACE); on Linux, kernel.yama.ptrace_scope 1 or more forbids it to users")
 
 
 def py_spy_dump(pid: int, *, timeout_s: float = 10.0, nonblocking: bool = False,
@@ -322,16 +324,20 @@ def py_spy_dump(pid: int, *, timeout_s: float = 10.0, nonblocking: bool = False,
     if program is None:
         return SpyDump(pid, problem="py-spy is not installed (pip install py-spy)")
     command = [program, "dump", "--pid", str(pid)] + (["--nonblocking"] if nonblocking else [])
+    # Jupyter asks child processes for colours (FORCE_COLOR, CLICOLOR_FORCE): plain text here.
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
     try:
         done = subprocess.run(command, capture_output=True, text=True, errors="replace",
-                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+                              timeout=timeout_s, stdin=subprocess.DEVNULL,
+                              env=env | {"NO_COLOR": "1"})
     except subprocess.TimeoutExpired:  # run() has killed and reaped it
         return SpyDump(pid, problem=f"py-spy did not finish within {timeout_s:g} s")
     except OSError as exc:
         return SpyDump(pid, problem=f"cannot run {program}: {exc.strerror or exc}")
-    if done.returncode == 0 and done.stdout.strip():
-        return SpyDump(pid, text=done.stdout)
-    return SpyDump(pid, problem=_spy_problem(pid, done.stdout + done.stderr))
+    out, err = _ANSI.sub("", done.stdout), _ANSI.sub("", done.stderr)  # colours, if any left
+    if done.returncode == 0 and out.strip():
+        return SpyDump(pid, text=out)
+    return SpyDump(pid, problem=_spy_problem(pid, out + err))
 
 
 def _find_py_spy() -> str | None:

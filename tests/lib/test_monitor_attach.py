@@ -300,16 +300,27 @@ def test_py_spy_without_ptrace_permission_says_what_to_do(tmp_path):
     assert "ptrace" in dump.problem and "CAP_SYS_PTRACE" in dump.problem
 
 
+def test_py_spy_output_comes_without_colours(tmp_path, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # as a Jupyter kernel sets for its children
+    colour = _program(tmp_path, 'test -n "$FORCE_COLOR" && printf "\\033[33m"\n'
+                      'printf \'Thread 5 (idle): "MainThread"\\033[0m\\n    f (x.py:1)\\n\'')
+    dump = py_spy_dump(5, py_spy=colour)
+    assert dump.text == 'Thread 5 (idle): "MainThread"\n    f (x.py:1)\n'
+    assert dump.thread("MainThread").frames == ("f (x.py:1)",)
+
+
 def test_spy_dump_threads_are_parsed_innermost_first():
     text = ('Process 7: python -m x\nPython v3.11.7 (/usr/bin/python3.11)\n\n'
             'Thread 7 (idle): "MainThread"\n    EpollSelector.select (selectors.py:468)\n'
             '    run (asyncio/runners.py:190)\nThread 0x7F01 (active): "Thread-1 (_ui_main)"\n'
-            '    Monitor._ui_main (aiomonitor/monitor.py:546)\n')
+            '    Monitor._ui_main (aiomonitor/monitor.py:546)\nThread 9 (idle)\n'
+            '    <module> (<string>:1)\n')  # a thread with no name (python -c)
     dump = SpyDump(7, text=text)
-    main_thread, ui = dump.threads()
+    main_thread, ui, unnamed = dump.threads()
     assert (main_thread.tid, main_thread.state, main_thread.frames[0]) == \
         (7, "idle", "EpollSelector.select (selectors.py:468)")
     assert (ui.tid, ui.name, ui.state, len(ui.frames)) == (0x7F01, "Thread-1 (_ui_main)",
                                                            "active", 1)
+    assert (unnamed.tid, unnamed.name, unnamed.frames) == (9, "", ("<module> (<string>:1)",))
     with pytest.raises(LookupError, match="no thread 'nope' in the dump of pid 7"):
         dump.thread("nope")
