@@ -26,7 +26,9 @@ loopback: its terminal UI on telnet PORT (``python -m aiomonitor.cli -p PORT``),
 web UI on PORT+1 (port 0: two free ones); it prints ``worker NAME aiomonitor on
 telnet://... and http://...`` on stderr before ``ready``. Anyone on the machine can
 then list, inspect and cancel the worker's tasks: it is off by default, and never
-listens beyond 127.0.0.1 (``course_lib.monitor.attach`` drives it from a script).
+listens beyond 127.0.0.1 (``course_lib.monitor.attach`` drives it from a script). Its
+task factory records where each task was created, at a cost: about 0.1 ms per task
+created (measured: 10,000 empty tasks 0.085 s plain, 1.1 s with it).
 ``stats --watch`` prints the counts every ``--interval`` seconds (``--count N``
 samples, else until SIGTERM, exit 0, or Ctrl-C, exit 130), each with its change per
 second since the previous sample; on a terminal it redraws in place. The stream's
@@ -437,7 +439,7 @@ def _aiomonitor(args: argparse.Namespace, worker: Worker) -> Any:
     monitor = aiomonitor.start_monitor(
         asyncio.get_running_loop(), host=_LOOPBACK, port=termui_port, webui_port=webui_port,
         console_enabled=False,  # a Python prompt inside the worker: too much for a course
-        hook_task_factory=True,  # where each task was created, and since when
+        hook_task_factory=True,  # where each task was created, and since when (~0.1 ms/task)
     )  # fmt: skip
     print(f"worker {worker.name} aiomonitor on telnet://{_LOOPBACK}:{termui_port} and "
           f"http://{_LOOPBACK}:{webui_port}", file=sys.stderr, flush=True)
