@@ -682,32 +682,46 @@ def _percentile(sorted_xs: list[float], pct: float) -> float | None:
 def _plot(report: DashboardReport) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    panels: list[tuple[str, dict[str, list[tuple[float, float]]]]] = []
+    # (title, {label: points}, how): "interval" figures hold over the interval that
+    # ends at their sample (a step drawn backwards), "stack" bands add up to a total.
+    panels: list[tuple[str, dict[str, list[tuple[float, float]]], str]] = []
     if report.queue_name is not None:
-        panels.append(("done/s", {"done/s": report.series("done_per_s")}))
+        panels.append(("done/s", {"done/s": report.series("done_per_s")}, "interval"))
         workers = sorted({w for s in report.samples if s.queue for w in s.queue.in_flight})
         panels.append(("in flight per worker", {
             w: [(s.at_s, s.queue.in_flight.get(w, 0)) for s in report.samples if s.queue]
-            for w in workers}))
-        panels.append(("backlog", {k: report.series(k) for k in ("lag", "delayed", "dead")}))
-    panels.append(("tasks", {"tasks": report.series("tasks")}))
+            for w in workers}, "stack"))
+        panels.append(("backlog", {k: report.series(k) for k in ("lag", "delayed", "dead")},
+                       "line"))
+    panels.append(("tasks", {"tasks": report.series("tasks")}, "line"))
     if any(s.loop_lag for s in report.samples):
         panels.append(("loop lag (ms)", {
-            k: [(t, v * 1e3) for t, v in report.series(f"{k}_s")] for k in ("p99", "max")}))
-    fig = Figure(figsize=(8, 1.6 * len(panels) + 0.6), layout="constrained")
+            k: [(t, v * 1e3) for t, v in report.series(f"{k}_s")] for k in ("p50", "max")},
+            "interval"))
+    fig = Figure(figsize=(8, 1.5 * len(panels) + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     fig._repr_png_ = functools.partial(_png, fig)  # shown even before pyplot is imported
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (title, lines) in zip(axes, panels, strict=True):
-        for label, points in lines.items():
-            if points:
-                ax.step([t for t, _ in points], [v for _, v in points], where="post",
-                        label=label)
+    for ax, (title, lines, how) in zip(axes, panels, strict=True):
+        drawn = {k: v for k, v in lines.items() if v}
+        if how == "stack" and drawn:
+            times = [t for t, _ in next(iter(drawn.values()))]
+            ax.stackplot(times, *([v for _, v in pts] for pts in drawn.values()),
+                         labels=list(drawn), alpha=0.8)
+        for label, points in drawn.items() if how != "stack" else ():
+            xs, ys = [t for t, _ in points], [v for _, v in points]
+            if how == "interval":
+                ax.step(xs, ys, where="pre", label=label)
+            else:
+                ax.plot(xs, ys, marker=".", label=label)
         ax.set_ylabel(title, fontsize=9)
         ax.set_ylim(bottom=0)
         ax.margins(y=0.15)
         ax.grid(alpha=0.3)
+        if title != "loop lag (ms)":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         if len(lines) > 1:
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     axes[-1].set_xlabel("seconds since the dashboard started")
