@@ -15,7 +15,8 @@
 Modules: ``keys`` (every Redis key, in one place), ``job`` (the JSON envelope,
 statuses, the task registry), ``scripts`` (every Lua script, and why each must be
 atomic), ``queue`` (the client: enqueue, results, dead letters and their requeue),
-``worker`` (the consumer-group worker: reading, slots, stopping) and ``running``
+``results`` (one listener per Queue that wakes every ``result()``), ``worker``
+(the consumer-group worker: reading, slots, stopping) and ``running``
 (its per-job half: run one entry, settle it), ``cli`` (the command line), ``naive``
 (the article's list worker, to show how it loses and duplicates jobs; never use it).
 
@@ -42,6 +43,7 @@ __all__ = [
     "JobStatus",
     "NaiveListWorker",
     "Queue",
+    "QueueClosed",
     "QueueCounts",
     "QueueKeys",
     "RequeueReport",
@@ -63,5 +65,5 @@ from .job import (
 )
 from .keys import DEFAULT_QUEUE, PREFIX, QueueKeys
 from .naive import NaiveListWorker
-from .queue import DeadLetter, JobHandle, Queue, QueueCounts, RequeueReport
+from .queue import DeadLetter, JobHandle, Queue, QueueClosed, QueueCounts, RequeueReport
 from .worker import Worker, WorkerStats

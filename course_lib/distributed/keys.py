@@ -23,9 +23,10 @@ key                            type    holds
                                        enqueueing the same id again is a no-op until the
                                        record expires (``result_ttl_s`` after the end).
 ``cq:{q}:done:<id>``           list    one token, pushed when the job ends, in the same
-                                       script as its final status: ``result()`` blocks on
-                                       it (BRPOPLPUSH onto itself, so every waiter wakes
-                                       and the token stays). Expires with the record.
+                                       script as its final status, and PUBLISHed to (a
+                                       channel of the same name): that wakes ``result()``,
+                                       whose listener PSUBSCRIBEs to ``cq:{q}:done:*``.
+                                       Expires with the record.
 =============================  ======  ====================================================
 
 Why the braces: Redis Cluster hashes only the part of a key inside the first

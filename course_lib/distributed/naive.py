@@ -119,7 +119,7 @@ class NaiveListWorker:
         loops, self._loops = set(self._loops), []
         while loops:
             # Again and again: Python 3.11 can lose a cancel inside a redis-py command
-            # (queue._raise_if_cancel_lost says how), and this loop has nothing else.
+            # (results._raise_if_cancel_lost says how), and this loop has nothing else.
             for task in loops:
                 task.cancel()
             _, loops = await asyncio.wait(loops, timeout=0.1)

@@ -7,20 +7,19 @@
 
 Enqueueing is one Lua script per job: it claims the job's id (its record must not
 exist yet) and adds the entry to the stream, atomically, so the same ``job_id``
-sent twice (a client retrying after a timeout) runs once. ``result()`` blocks on a
-per-job list that the worker fills in the same atomic step that writes the final
-status: no sleep-polling, and no notification can slip between a check and a wait.
+sent twice (a client retrying after a timeout) runs once. ``result()`` waits on
+the Queue's one result listener (``results``): the worker publishes on the job's
+done key in the same atomic step that writes the final status, so there is no
+sleep-polling, and 5,000 waiters share two connections.
 """
 
 from __future__ import annotations
 
-__all__ = ["DeadLetter", "JobHandle", "Queue", "QueueCounts", "RequeueReport"]
+__all__ = ["DeadLetter", "JobHandle", "Queue", "QueueClosed", "QueueCounts", "RequeueReport"]
 
-import asyncio
 import dataclasses
 import json
 import re
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,15 +27,10 @@ from typing import Any
 import redis.asyncio
 
 from . import scripts
-from .job import InvalidJob, Job, JobFailed, JobNotFound, JobStatus, TaskRegistry
+from .job import InvalidJob, Job, JobFailed, JobStatus, TaskRegistry
 from .keys import DEFAULT_QUEUE, QueueKeys
+from .results import QueueClosed, ResultListener
 
-# result() blocks on the job's list in slices of at most this long, then reads the
-# record again. The wake-up comes from the list at once; the slice only bounds how
-# long one blocking command holds a connection (fakeredis cannot cancel a blocking
-# read whose caller went away: it finishes on its own, at most this much later).
-_WAIT_SLICE_S = 2.0
-_MIN_BLOCK_S = 0.01  # Redis reads a timeout of 0 as "forever": never send one
 # A full stream entry id. A bare "1712345678901" would be read by XRANGE as a range
 # (every entry of that millisecond) but by XDEL as "1712345678901-0".
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
@@ -101,7 +95,8 @@ class Queue:
     With a ``registry``, unknown task names are refused at once and each task's
     ``max_attempts`` and ``timeout_s`` go into its jobs; without one (a client that
     does not import the tasks), jobs carry ``max_attempts=3`` and no timeout, and the
-    worker dead-letters names it does not know. The client is not closed here.
+    worker dead-letters names it does not know. ``aclose()`` (or ``async with``) stops
+    its result listener; the client is not closed here.
     """
 
     def __init__(
@@ -118,9 +113,23 @@ class Queue:
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._move_due = redis.register_script(scripts.MOVE_DUE)
         self._requeue = redis.register_script(scripts.REQUEUE_DEAD)
+        self._results = ResultListener(redis, self.keys, repr(self))
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r}>"
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop waiting for results: ``result()`` calls, waiting or later, raise QueueClosed.
+
+        The jobs go on; enqueueing still works, and the client stays open.
+        """
+        await self._results.aclose()
 
     def job(
         self,
@@ -361,49 +370,14 @@ class JobHandle:
         """Wait until the job ends; its return value, or JobFailed when it failed or died.
 
         Raises TimeoutError after ``timeout_s`` (the job goes on), JobNotFound when
-        there is no record. Waiting costs no polling: each wait is a blocking
-        BRPOPLPUSH on the job's list, which the worker fills when it writes the final
-        status. Several waiters on one job all wake: the token is rotated, not taken.
-        (BLMOVE is the modern name; fakeredis's BLMOVE does not block.)
+        there is no record, QueueClosed when the Queue is closed meanwhile, and
+        redis's ConnectionError when Redis is lost (after the client's own retries):
+        call it again. Waiting costs no polling and no connection of its own: the
+        Queue's one listener (``results``) wakes every waiter when the worker
+        publishes that the job ended, any number of waiters on any number of jobs.
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        done = self.queue.keys.done(self.id)
-        while True:
-            record = await self.info()
-            _raise_if_cancel_lost()
-            if not record:
-                raise JobNotFound(f"no job {self.id!r} on {self.queue!r} (never enqueued, "
-                                  "or its result expired)")
-            status = JobStatus(record["status"])
-            if status.final:
-                return _outcome(self.id, status, record)
-            wait_s = _WAIT_SLICE_S
-            if deadline is not None:
-                left_s = deadline - loop.time()
-                if left_s <= 0:
-                    raise TimeoutError(f"job {self.id!r} still {status.value} after "
-                                       f"{timeout_s} s")
-                wait_s = min(wait_s, left_s)
-            # The token is pushed in the same script as the final status, so a job
-            # that ended since the read above makes this return at once.
-            await self.queue.redis.brpoplpush(done, done, timeout=max(wait_s, _MIN_BLOCK_S))
-            _raise_if_cancel_lost()
-
-
-def _raise_if_cancel_lost() -> None:
-    """Raise CancelledError when this task was cancelled but the cancel never arrived.
-
-    On Python 3.11, redis-py sends each command through ``asyncio.wait_for`` when the
-    client has a ``socket_timeout`` (fakeredis's clients have one), and 3.11's
-    ``wait_for`` swallows a cancel that lands once the send is done (fixed in 3.12):
-    a loop of commands can then ignore ``cancel()`` for good. ``cancelling()`` still
-    counts the request, so code that must stop when told checks it after a command.
-    """
-    if sys.version_info < (3, 12):
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
+        record = await self.queue._results.wait(self.id, timeout_s)
+        return _outcome(self.id, JobStatus(record["status"]), record)
 
 
 def _outcome(job_id: str, status: JobStatus, record: dict[str, str]) -> Any:

@@ -461,7 +461,7 @@ async def _cancel_until_done(tasks: set[asyncio.Task[Any]], give_up_s: float
     """Cancel ``tasks`` until they end, again every 0.1 s; those still running at the end.
 
     Again, because Python 3.11 can lose a cancel inside a redis-py command (see
-    ``queue._raise_if_cancel_lost``).
+    ``results._raise_if_cancel_lost``).
     """
     loop = asyncio.get_running_loop()
     give_up_at = loop.time() + give_up_s

@@ -159,8 +159,10 @@ end
 
 local function notify(job, done)
   redis.call('PEXPIRE', job, ttl)
-  redis.call('LPUSH', done, 'done')  -- wakes result(); expires with the record
+  redis.call('LPUSH', done, 'done')  -- the token; expires with the record
   redis.call('PEXPIRE', done, ttl)
+  -- Wakes result(): each Queue's listener PSUBSCRIBEs to its done keys (results.py).
+  redis.call('PUBLISH', done, 'done')
 end
 
 -- Settle the delivery whose entry id is ARGV[a]; its code, and where the next begins.

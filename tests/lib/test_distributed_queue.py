@@ -40,10 +40,11 @@ async def _entries(redis, queue: Queue) -> list[Job]:
 
 
 async def _finish(redis, queue: Queue, job_id: str, **record: str) -> None:
-    """What a worker's settle does for a finished job: final record and token, atomically."""
+    """What a worker's settle does for a finished job: record, token and publish, atomically."""
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(queue.keys.job(job_id), mapping=record)
         pipe.lpush(queue.keys.done(job_id), "done")
+        pipe.publish(queue.keys.done(job_id), "done")
         await pipe.execute()
 
 
