@@ -89,6 +89,7 @@ class ResultListener:
         self._subscribed = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._reading_alone = False  # a waiter reads its record itself, without the listener
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "listening" if self._task else "idle"
@@ -109,10 +110,26 @@ class ResultListener:
             raise QueueClosed(f"{self._owner} is closed: it waits for no job ({job_id!r})")
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
+        status = ""
+        if not self._reading_alone:
+            # A job that has ended needs no listener: one read, as before there was
+            # one. One such read at a time: a burst of waiters shares the
+            # listener's batches instead of taking a connection each.
+            self._reading_alone = True
+            try:
+                reply = await self._redis.hgetall(self._keys.job(job_id))
+            finally:
+                self._reading_alone = False
+            _raise_if_cancel_lost()
+            status, record = self._judge(job_id, reply)
+            if record is not None:
+                return record
         waiter = _Waiter(job_id, loop)
+        waiter.status = status
         self._add(waiter)
         try:
-            await waiter.read
+            if not status:
+                await waiter.read
             if not waiter.outcome.done():
                 try:
                     async with asyncio.timeout_at(deadline):
@@ -252,23 +269,28 @@ class ResultListener:
         waiters = self._waiters.get(job_id, ())
         if not waiters:
             return
-        if isinstance(reply, Exception):  # e.g. WRONGTYPE: this job's waiters only
-            return self._end(job_id, error=reply)
-        record = {_text(k): _text(v) for k, v in reply.items()}
-        if not record:
-            return self._end(job_id, error=JobNotFound(
-                f"no job {job_id!r} on {self._owner} (never enqueued, or its result expired)"))
         try:
-            status = JobStatus(record["status"])
-        except (KeyError, ValueError) as exc:
+            status, record = self._judge(job_id, reply)
+        except Exception as exc:  # e.g. WRONGTYPE: this job's waiters only
             return self._end(job_id, error=exc)
-        if status.final:
+        if record is not None:
             return self._end(job_id, record=record)
         for waiter in waiters:
-            waiter.status = status.value
+            waiter.status = status
             if not waiter.read.done():
                 waiter.read.set_result(None)
         return None
+
+    def _judge(self, job_id: str, reply: Any) -> tuple[str, dict[str, str] | None]:
+        """The job's status, and its record if it has ended; JobNotFound when there is none."""
+        if isinstance(reply, Exception):
+            raise reply
+        record = {_text(k): _text(v) for k, v in reply.items()}
+        if not record:
+            raise JobNotFound(f"no job {job_id!r} on {self._owner} (never enqueued, or its "
+                              "result expired)")
+        status = JobStatus(record["status"])
+        return status.value, record if status.final else None
 
     def _end(self, job_id: str, *, record: dict[str, str] | None = None,
              error: BaseException | None = None) -> None:
