@@ -13,6 +13,8 @@ import pytest
 import pytest_asyncio
 import redis.exceptions
 from _worker_support import fast_worker
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from course_lib.distributed import JobStatus, Queue, QueueClosed, TaskRegistry
 from course_lib.redis import connect
@@ -185,3 +187,29 @@ async def test_losing_redis_fails_every_waiter_with_a_connection_error(redis_ser
         assert await queue.handle("z").result(timeout_s=5) == 9
     finally:
         await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_retries_rides_through_a_restart_and_misses_no_result(
+        redis_server_factory):
+    """A real server, restarted: redis-py reconnects and resubscribes the listener.
+
+    A job that ends while the listener is away publishes to nobody; the listener
+    reads every waiter's record again when its subscription is confirmed again.
+    """
+    server = redis_server_factory(appendonly=True)
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), 50)
+    client = await connect(server.url, retry=retry)
+    helper = await connect(server.url, retry=retry)
+    try:
+        queue = Queue(client)
+        await queue.enqueue("t", job_id="r")
+        waiter = asyncio.create_task(queue.handle("r").result(timeout_s=30))  # hangs if missed
+        await _until_waiting(queue, 1)
+        await asyncio.to_thread(server.restart)
+        await _finish(helper, queue, "r", status="done", result="42")  # maybe before it is back
+        assert await waiter == 42
+        assert not _others()
+    finally:
+        await client.aclose()
+        await helper.aclose()
