@@ -48,7 +48,13 @@ class DeadLetter:
     worker: str
     dead_at: float
     job: bytes | None  # the original ``job`` field, as it was (None: it had none)
-    extra: dict[str, bytes]  # the original entry's other fields, if any
+    # The original entry's other fields, if any. A name that is not UTF-8 stays
+    # bytes: the entry as it was (a replacement character would lose which bytes).
+    extra: dict[str | bytes, bytes]
+
+    def extra_text(self) -> dict[str, str]:
+        """``extra`` fit to print: bytes that are not UTF-8 escaped (``\\xff``), in names too."""
+        return {_escaped(name): _escaped(value) for name, value in self.extra.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -241,11 +247,11 @@ class Queue:
         entries = await self.redis.xrange(self.keys.dead, count=count)
         letters = []
         for entry_id, fields in entries:
-            named = {_text(k): v for k, v in fields.items()}
+            named = {_name(k): v for k, v in fields.items()}
             meta = {k: _text(named.pop(k, b"")) for k in
                     ("reason", "error_type", "error", "origin_id", "worker", "dead_at")}
             job = named.pop("job", None)
-            extra = {k.removeprefix("extra:"): v for k, v in named.items()}
+            extra = {_unprefixed(k): v for k, v in named.items()}
             letters.append(DeadLetter(
                 entry_id=_text(entry_id), reason=meta["reason"], error_type=meta["error_type"],
                 error=meta["error"], origin_id=meta["origin_id"], worker=meta["worker"],
@@ -320,7 +326,7 @@ class Queue:
 
         InvalidJob when it holds no valid job, _Refused when the job cannot run again.
         """
-        named = {_text(k): v for k, v in fields.items()}
+        named = {_name(k): v for k, v in fields.items()}
         raw = named.get("job")
         if raw is None:
             raise _Refused("the dead letter holds no 'job' field: the entry was never a job")
@@ -329,8 +335,9 @@ class Queue:
             raise _Refused(f"its deadline has passed ({job.deadline:.3f}): it would die unrun")
         if self.registry is not None and job.task not in self.registry:
             raise _Refused(f"unknown task {job.task!r}: not in {self.registry!r}")
-        extra = [item for name, value in named.items() if name.startswith("extra:")
-                 for item in (name.removeprefix("extra:"), value)]
+        extra = [item for name, value in named.items()
+                 if name.startswith(b"extra:" if isinstance(name, bytes) else "extra:")
+                 for item in (_unprefixed(name), value)]
         return dataclasses.replace(job, attempt=1, enqueued_at=time.time()), extra
 
     def _enqueue_keys(self, job: Job) -> list[str]:
@@ -406,6 +413,29 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return "" if value is None else str(value)
+
+
+def _name(value: Any) -> str | bytes:
+    """A field name as str, or as its bytes when they are not UTF-8 (kept as they were)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return str(value)
+
+
+def _unprefixed(name: str | bytes) -> str | bytes:
+    return name.removeprefix(b"extra:") if isinstance(name, bytes) else name.removeprefix("extra:")
+
+
+def _surrogate(name: str | bytes) -> str:
+    """A name as str without loss: bytes that are not UTF-8 become lone surrogates."""
+    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
+
+
+def _escaped(value: str | bytes) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def _bytes(value: Any) -> bytes | None:

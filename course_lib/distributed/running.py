@@ -34,7 +34,7 @@ from ..lifecycle import BackgroundTasks
 from ..timeouts import backoff_s
 from .job import MAX_JOB_BYTES, InvalidJob, Job, JobStatus, Task, TaskRegistry, to_json
 from .keys import QueueKeys
-from .queue import _text
+from .queue import _name, _surrogate, _text
 
 logger = logging.getLogger("course_lib.distributed.worker")
 
@@ -489,21 +489,25 @@ def _entry_fields(fields: dict[Any, Any], *, prefix: str = "") -> list[Any]:
     Beyond ``_MAX_ENTRY_FIELDS`` the others go into ONE field, ``{prefix}_fields_json``
     (a JSON object; bytes as latin-1 text, so nothing is lost): a Lua script cannot
     ``unpack`` thousands of arguments, and a settle that fails is retried for ever.
+    A name that is not UTF-8 is kept as its bytes (the entry as it was); in the JSON
+    object it is decoded with ``surrogateescape``, so ``name.encode("utf-8",
+    "surrogateescape")`` gives its bytes back.
     """
     pairs: list[Any] = []
-    others: list[tuple[str, Any]] = []
+    others: list[tuple[str | bytes, Any]] = []
     for key, value in fields.items():
-        name = _text(key)
+        name = _name(key)
         if name == "job":
             pairs += ["job", value]
         else:
             others.append((name, value))
     if len(others) <= _MAX_ENTRY_FIELDS:
         for name, value in others:
-            pairs += [f"{prefix}{name}", value]
+            pairs += [prefix.encode() + name if isinstance(name, bytes) else prefix + name,
+                      value]
         return pairs
-    packed = {name: value.decode("latin-1") if isinstance(value, bytes) else str(value)
-              for name, value in others}
+    packed = {_surrogate(name): value.decode("latin-1") if isinstance(value, bytes)
+              else str(value) for name, value in others}
     return [*pairs, f"{prefix}_fields_json", json.dumps(packed)]
 
 

@@ -19,7 +19,7 @@ import logging
 import pytest
 from _worker_support import LOG, eventually, fast_worker
 
-from course_lib.distributed import JobStatus, Queue, TaskRegistry
+from course_lib.distributed import Job, JobStatus, Queue, TaskRegistry
 
 
 def _text(value) -> str:
@@ -67,6 +67,46 @@ async def test_an_entry_with_thousands_of_fields_is_dead_lettered_whole(redis):
     packed = json.loads(letter.extra["_fields_json"])
     assert len(packed) == 5001 and packed["f4999"] == "v4999"
     assert packed["raw"].encode("latin-1") == b"\xff\x00"
+
+
+@pytest.mark.asyncio
+async def test_field_names_that_are_not_utf8_are_dead_lettered_and_requeued_as_they_were(
+        redis):
+    registry = TaskRegistry()
+
+    @registry.task(max_attempts=1)
+    async def fragile() -> str:
+        raise ValueError("not yet")
+
+    queue = Queue(redis, registry=registry)
+    await redis.xgroup_create(queue.keys.stream, queue.keys.group, id="0", mkstream=True)
+    await redis.xadd(queue.keys.stream, {b"\xff\xfe": b"v1", "plain": "v2"})  # no job
+    await redis.xadd(queue.keys.stream, {"job": Job("fragile", id="fr", max_attempts=1).encode(),
+                                         b"\xc3(": b"v3"})
+    many = {f"f{i}": "v" for i in range(100)} | {b"\xff": b"\x00"}  # packed into one field
+    await redis.xadd(queue.keys.stream, many)
+    async with fast_worker(redis, registry):
+        await eventually(lambda: _count_is(redis.xlen(queue.keys.dead), 3))
+    letters = await queue.dead_letters()
+    [dead_job] = [letter for letter in letters if letter.job is not None]
+    [packed] = [letter for letter in letters if "_fields_json" in letter.extra]
+    [no_job] = [letter for letter in letters if letter not in (dead_job, packed)]
+    assert no_job.extra == {b"\xff\xfe": b"v1", "plain": b"v2"}
+    assert dead_job.extra == {b"\xc3(": b"v3"}
+    assert "b'\\xff\\xfe'" in repr(no_job)  # escaped where printed
+    assert no_job.extra_text() == {"\\xff\\xfe": "v1", "plain": "v2"}
+    names = json.loads(packed.extra["_fields_json"])
+    assert {name.encode("utf-8", "surrogateescape") for name in names} == {
+        name if isinstance(name, bytes) else name.encode() for name in many}
+    # Requeued, the job goes back with the field it had, under the name it had.
+    report = await queue.requeue_dead([dead_job.entry_id])
+    assert report.ok, report
+    [(_, fields)] = await redis.xrange(queue.keys.stream)
+    assert fields[b"\xc3("] == b"v3"
+
+
+async def _count_is(count, n: int) -> bool:
+    return await count == n
 
 
 @pytest.mark.asyncio
