@@ -153,8 +153,8 @@ class Queue:
         if self.registry is not None:
             registered = self.registry.get(task)
             if registered is None:
-                raise KeyError(f"no task {task!r} in {self.registry!r}: a worker would "
-                               "dead-letter it")
+                raise InvalidJob(f"no task {task!r} in {self.registry!r}: a worker would "
+                                 "dead-letter it")
             if max_attempts is None:
                 max_attempts = registered.max_attempts
             if timeout_s is None:

@@ -103,8 +103,14 @@ async def test_a_registry_refuses_unknown_tasks_and_supplies_defaults(redis):
     async def resize(image_id: int) -> None: ...
 
     queue = Queue(redis, registry=registry)
-    with pytest.raises(KeyError, match="no task 'rezise'"):
+    # InvalidJob, as for any job refused before it reaches Redis (the docstrings say so).
+    with pytest.raises(InvalidJob, match="no task 'rezise'"):
         await queue.enqueue("rezise", 1)
+    with pytest.raises(InvalidJob, match="no task 'rezise'"):
+        queue.job("rezise")
+    with pytest.raises(InvalidJob, match="no task 'rezise'"):
+        await queue.enqueue_many([("resize", [1]), ("rezise", [2])])
+    assert await redis.xlen(queue.keys.stream) == 0
     await queue.enqueue("resize", 1)
     await queue.enqueue_job(queue.job("resize", [2], max_attempts=1, timeout_s=9,
                                       deadline=time.time() + 60, job_id="custom"))
