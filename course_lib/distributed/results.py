@@ -124,6 +124,10 @@ class ResultListener:
             status, record = self._judge(job_id, reply)
             if record is not None:
                 return record
+            if deadline is not None and deadline <= loop.time():
+                raise TimeoutError(f"job {job_id!r} still {status} after {timeout_s} s")
+        if self._closed:  # closed during that read
+            raise QueueClosed(f"{self._owner} is closed: it waits for no job ({job_id!r})")
         waiter = _Waiter(job_id, loop)
         waiter.status = status
         self._add(waiter)
