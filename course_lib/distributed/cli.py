@@ -588,7 +588,7 @@ async def _all_dead_ids(queue: Queue) -> list[str]:
 def _letter_dict(letter: DeadLetter) -> dict[str, Any]:
     shown = dataclasses.asdict(letter)
     shown["job"] = None if letter.job is None else _text(letter.job)
-    shown["extra"] = {name: _text(value) for name, value in letter.extra.items()}
+    shown["extra"] = letter.extra_text()  # names and values, non-UTF-8 bytes escaped
     return shown
 
 

@@ -282,6 +282,16 @@ def test_dead_list_shows_each_letter_on_one_line_without_arguments(capsys, url, 
     assert letter["entry_id"] == dead and Job.decode(letter["job"]).args == ("secret-arg",)
 
 
+def test_dead_list_json_escapes_field_names_that_are_not_utf8(capsys, url, queue, client):
+    """An entry's field name that is not UTF-8 is kept as bytes; --json prints it escaped."""
+    keys = QueueKeys(queue)
+    client.xadd(keys.dead, {"reason": "invalid job: no job field", "origin_id": "1-0",
+                            "worker": "w", "dead_at": repr(time.time()), b"\xff\xfe": b"v1"})
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "list", "--json")
+    [letter] = json.loads(out)
+    assert code == 0 and letter["extra"] == {"\\xff\\xfe": "v1"}
+
+
 def test_dead_requeue_puts_jobs_back_and_exits_1_for_refused_ones(capsys, url, queue, client):
     keys = QueueKeys(queue)
     dead, junk = _bury(client, queue)
