@@ -2,7 +2,7 @@
 
     report = await live_dashboard(queue, every_s=1, duration_s=30, until=drained)
     print(report)        # how it stopped, jobs done and done/s, peaks, Redis errors
-    report.plot();       # done/s, in flight per worker, backlog and loop lag over time
+    report.plot()        # a Figure: done/s, in flight per worker, backlog, loop lag
 
 In a notebook the figures are one output redrawn in place (an IPython display handle:
 ``display(view, display_id=True)``, then ``handle.update(view)``); elsewhere each sample
@@ -35,8 +35,8 @@ one interval, or a job handed back at a stop, counts as done. Where the server r
 ``entries-added`` (Redis 6.2) done/s shows ``n/a``. (The group's ``entries-read`` looks
 like the obvious figure, but it may be reported as null once an entry at or after the
 group's last delivered one is deleted while older ones remain, which workers settling out
-of order do all the time: fakeredis 2.41 then says null, and counted 82 of 150 jobs in
-chapter 5's run; Redis 7.0.15 went on counting in the same test.)
+of order do all the time: fakeredis 2.41 then says null, and a trial of chapter 5's run
+counted with it found 82 jobs of 150; Redis 7.0.15 went on counting in the same test.)
 
 Every Redis call has a bound (``redis_timeout_s``): an error or a silent server is a
 line on the dashboard, and the next sample tries again. Every sample is kept in a
@@ -50,8 +50,8 @@ it stopped. ``Dashboard(...).report()`` is readable after a cancel too.
 
 from __future__ import annotations
 
-__all__ = ["Dashboard", "DashboardReport", "LagSample", "QueueSample", "Sample", "Stop",
-           "drained", "live_dashboard"]
+__all__ = ["Dashboard", "DashboardReport", "DashboardView", "LagSample", "QueueSample", "Sample",
+           "Stop", "drained", "live_dashboard"]
 
 import asyncio
 import dataclasses
