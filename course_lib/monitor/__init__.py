@@ -13,21 +13,37 @@ One module an idea; the names most code needs are re-exported here:
 - ``course_lib.monitor.leaks``: ``TaskCensus`` (task counts by coroutine over time),
   ``memory_diff()`` (tracemalloc around a block), ``VanishedTasks`` (chapter 1's
   weak-reference trap caught with the line that created the task).
+- ``course_lib.monitor.dashboard``: ``live_dashboard()`` / ``Dashboard``: tasks, loop lag
+  and chapter 4's queue (in flight per worker, done/s) redrawn in place until it stops
+  (``until=drained``, a duration, an interrupt); a ``DashboardReport`` to print or plot.
+- ``course_lib.monitor.attach``: from outside a running process: ``AioMonitor`` drives
+  aiomonitor (ps, where, cancel) in a worker started with ``--aiomonitor-port``;
+  ``py_spy_dump(pid)`` gives its threads' stacks, or one line saying why it could not.
 
 The less common names (rows, reports, kinds) stay in their modules.
 """
 
 __all__ = [
+    "AioMonitor",
+    "AttachError",
+    "Dashboard",
+    "DashboardReport",
     "LoopWatchdog",
     "TaskCensus",
     "VanishedTasks",
     "debug_block",
+    "drained",
+    "live_dashboard",
     "memory_diff",
+    "monitor_url",
+    "py_spy_dump",
     "snapshot",
     "track",
     "where",
 ]
 
+from course_lib.monitor.attach import AioMonitor, AttachError, monitor_url, py_spy_dump
+from course_lib.monitor.dashboard import Dashboard, DashboardReport, drained, live_dashboard
 from course_lib.monitor.debug import debug_block
 from course_lib.monitor.leaks import TaskCensus, VanishedTasks, memory_diff
 from course_lib.monitor.tasks import snapshot, track, where
