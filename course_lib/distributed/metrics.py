@@ -12,6 +12,10 @@ What a scrape returns (``queue`` and ``worker`` labels on every series):
   ``course_queue_failed_total``, ``course_queue_retried_total``,
   ``course_queue_dead_total``, ``course_queue_handed_back_total``,
   ``course_queue_reclaimed_total`` (the fields of ``WorkerStats``);
+- with a ``LoopWatchdog`` (``worker --watchdog S``): ``course_queue_loop_lag_p99_seconds``
+  and ``course_queue_loop_lag_max_seconds`` (how late a callback ran on the worker's
+  loop, over the watchdog's recent samples / since it started) and
+  ``course_queue_loop_blocked_total`` (blocked episodes; their stacks are in the log);
 - gauges: ``course_queue_in_flight`` (jobs running in this worker now) and, queue-wide,
   ``course_queue_pending``, ``course_queue_lag``, ``course_queue_delayed``,
   ``course_queue_dead_letters``, with ``course_queue_stats_timestamp_seconds``: when
@@ -47,6 +51,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from course_lib.monitor.watchdog import LoopWatchdog
+
 from .running import _REDIS_DOWN
 from .worker import Worker, WorkerStats
 
@@ -72,8 +78,9 @@ QUEUE_GAUGES = {
 class WorkerCollector(Collector):
     """Reads one worker's figures at each scrape (see the module's docstring)."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, watchdog: LoopWatchdog | None = None) -> None:
         self.worker = worker
+        self.watchdog = watchdog
         self.queue_stats: WorkerStats | None = None  # the last read from Redis, if any
         self.queue_stats_at: float | None = None  # its time.time()
 
@@ -88,6 +95,8 @@ class WorkerCollector(Collector):
                                    labels=["queue", "worker"])
         family.add_metric(labels, local["in_flight"])
         yield family
+        if self.watchdog is not None:
+            yield from self._loop_metrics(labels)
         stats, at = self.queue_stats, self.queue_stats_at  # one snapshot: set together
         if stats is None or at is None:
             return
@@ -101,6 +110,25 @@ class WorkerCollector(Collector):
         family.add_metric(labels, at)
         yield family
 
+    def _loop_metrics(self, labels: list[str]) -> Iterator[Metric]:
+        assert self.watchdog is not None
+        report = self.watchdog.report()  # under the watchdog's own lock: thread-safe
+        for name, value, doc in (
+            ("loop_lag_p99_seconds", report.p99_s,
+             "99th percentile of how late a callback ran on the worker's loop (recent)."),
+            ("loop_lag_max_seconds", report.max_s,
+             "The most a callback ran late on the worker's loop since it started."),
+        ):
+            if value is not None:
+                family = GaugeMetricFamily(PREFIX + name, doc, labels=["queue", "worker"])
+                family.add_metric(labels, value)
+                yield family
+        family = CounterMetricFamily(PREFIX + "loop_blocked",
+                                     "Times the worker's loop was blocked past the watchdog's "
+                                     "threshold (stacks in the log).", labels=["queue", "worker"])
+        family.add_metric(labels, report.episodes_total)
+        yield family
+
     async def refresh(self, timeout_s: float) -> None:
         """Read the queue-wide figures once (at most ``timeout_s``); keep them for scrapes."""
         stats = await asyncio.wait_for(self.worker.stats(), timeout_s)
@@ -112,16 +140,17 @@ class MetricsServer:
 
     ``port=0`` picks a free port (``.port`` says which). ``host`` is 127.0.0.1 unless
     told: metrics name queues and hosts, so reaching them from elsewhere is a choice.
-    ``refresh_s``: how often the queue-wide gauges are read from Redis.
+    ``refresh_s``: how often the queue-wide gauges are read from Redis. ``watchdog``: a
+    running ``LoopWatchdog`` on the worker's loop, whose lag figures are served too.
     """
 
     def __init__(self, worker: Worker, port: int = 0, host: str = "127.0.0.1", *,
-                 refresh_s: float = 5.0) -> None:
+                 refresh_s: float = 5.0, watchdog: LoopWatchdog | None = None) -> None:
         self.worker = worker
         self.host = host
         self.requested_port = port
         self.refresh_s = refresh_s
-        self.collector = WorkerCollector(worker)
+        self.collector = WorkerCollector(worker, watchdog)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         self.port: int | None = None

@@ -3,11 +3,13 @@
 - ``add(a, b)``: returns ``a + b``.
 - ``boom(message)``: raises ValueError; one attempt only.
 - ``slow(seconds)``: sleeps, then returns ``"slept <seconds>"`` (to stop a worker mid-job).
+- ``freeze(seconds)``: blocks the worker's loop with ``time.sleep`` (for ``--watchdog``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from course_lib.distributed import TaskRegistry
@@ -31,3 +33,9 @@ async def boom(message: str = "boom") -> None:
 async def slow(seconds: float) -> str:
     await asyncio.sleep(seconds)
     return f"slept {seconds}"
+
+
+@registry.task(max_attempts=1)
+async def freeze(seconds: float) -> str:
+    time.sleep(seconds)  # noqa: ASYNC251 -- the loop blocked on purpose: the watchdog names it
+    return f"froze {seconds}"

@@ -90,6 +90,31 @@ def test_a_worker_process_serves_its_counts_until_it_stops(capsys):
     assert not any("Traceback" in line for line in worker.lines)
 
 
+def test_watchdog_logs_the_blocking_line_and_serves_the_loop_lag(capsys):
+    """worker --watchdog: a job that blocks the loop is logged with its line, and counted."""
+    queue = f"metrics-{uuid.uuid4().hex[:8]}"
+    with serve_fake_tcp() as server, WorkerProcess(server.url, queue, "--name", "m2",
+                                                   "--metrics-port", "0",
+                                                   "--watchdog", "0.1") as worker:
+        said = worker.lines[worker.wait_for("worker m2 metrics on http://127.0.0.1:")]
+        worker.wait_for("worker m2 ready")
+        url = re.search(r"(http://\S+/metrics)", said).group(1)
+        labels = (("queue", queue), ("worker", "m2"))
+        code, out, _ = cli(capsys, "--redis-url", server.url, "--queue", queue,
+                           "enqueue", "freeze", 0.5, "--app", APP, "--wait", "20")
+        assert (code, out.splitlines()[-1]) == (0, '"froze 0.5"')
+        at = worker.wait_for("blocked >= 0.1 s")
+        worker.wait_for("freeze (")
+        stack = worker.lines[at:]
+        assert any("time.sleep(seconds)" in line for line in stack), stack
+        assert any("freeze (" in line and "_cli_app.py" in line for line in stack), stack
+        samples = scrape_until(url, lambda s: s.get("course_queue_loop_blocked_total",
+                                                     {}).get(labels, 0) >= 1)
+        assert samples["course_queue_loop_blocked_total"][labels] >= 1
+        assert samples["course_queue_loop_lag_max_seconds"][labels] >= 0.1
+        assert labels in samples["course_queue_loop_lag_p99_seconds"]
+
+
 def test_a_taken_metrics_port_is_a_usage_error(capsys):
     with serve_fake_tcp() as server, socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
