@@ -92,10 +92,17 @@ class Stuck:
             assert time.monotonic() < deadline, f"no task shows {text!r}:\n{self.mon.ps_text()}"
             time.sleep(0.02)
 
-    def record(self, job_id: str) -> dict[str, str]:
+    def record(self, job_id: str, *, until_not: str | None = "running") -> dict[str, str]:
+        """The job's record, once its status is not ``until_not`` (the worker logs an
+        outcome just before its settle, batched, reaches Redis)."""
         client = redis_sync.Redis.from_url(self.url, decode_responses=True)
+        deadline = time.monotonic() + WAIT_S
         try:
-            return client.hgetall(QueueKeys(self.queue).job(job_id))
+            while True:
+                record = client.hgetall(QueueKeys(self.queue).job(job_id))
+                if record.get("status") != until_not or time.monotonic() > deadline:
+                    return record
+                time.sleep(0.02)
         finally:
             client.close()
 
@@ -180,7 +187,7 @@ def test_cancelling_the_jobs_own_task_hands_it_back_and_it_runs_again(fake_url, 
     stuck.log_has("→ wait_for_signal(id=j1) 1/1", count=2)
     again = stuck.task("wait_for_signal", other_than=frozenset({first.task_id}))
     assert again.name != first.name  # a new stream entry
-    assert stuck.record("j1")["status"] == JobStatus.RUNNING.value
+    assert stuck.record("j1", until_not=None)["status"] == JobStatus.RUNNING.value
     with pytest.raises(AttachError, match="no such task"):
         stuck.mon.where(first.task_id)
 
