@@ -45,6 +45,7 @@ __all__ = [
     "Queue",
     "QueueClosed",
     "QueueCounts",
+    "QueueFull",
     "QueueKeys",
     "RequeueReport",
     "Task",
@@ -65,5 +66,5 @@ from .job import (
 )
 from .keys import DEFAULT_QUEUE, PREFIX, QueueKeys
 from .naive import NaiveListWorker
-from .queue import DeadLetter, JobHandle, Queue, QueueClosed, QueueCounts, RequeueReport
+from .queue import DeadLetter, JobHandle, Queue, QueueClosed, QueueCounts, QueueFull, RequeueReport
 from .worker import Worker, WorkerStats

@@ -15,7 +15,9 @@ sleep-polling, and 5,000 waiters share two connections.
 
 from __future__ import annotations
 
-__all__ = ["DeadLetter", "JobHandle", "Queue", "QueueClosed", "QueueCounts", "RequeueReport"]
+__all__ = [
+    "DeadLetter", "JobHandle", "Queue", "QueueClosed", "QueueCounts", "QueueFull", "RequeueReport",
+]
 
 import dataclasses
 import json
@@ -34,6 +36,24 @@ from .results import QueueClosed, ResultListener
 # A full stream entry id. A bare "1712345678901" would be read by XRANGE as a range
 # (every entry of that millisecond) but by XDEL as "1712345678901-0".
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+class QueueFull(Exception):
+    """Redis refused the job: it is out of memory (``maxmemory`` reached, nothing evicted).
+
+        try:
+            await queue.enqueue("resize", 42)
+        except QueueFull as exc:
+            ...  # nothing was written: back off, and retry or give up
+
+    Nothing of a refused job is in Redis (the script's first write is the one
+    refused). ``handles``: the jobs of an ``enqueue_many`` that did get in before
+    the refusal (none for ``enqueue``). ``__cause__``: Redis's OutOfMemoryError.
+    """
+
+    def __init__(self, message: str, handles: list[JobHandle] | None = None) -> None:
+        super().__init__(message)
+        self.handles = handles or []
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -172,13 +192,20 @@ class Queue:
         The arguments must be JSON: anything else raises InvalidJob naming the
         offending argument, before anything reaches Redis. A task that needs an
         argument called ``job_id`` takes it through ``enqueue_job(queue.job(...))``.
+        Redis out of memory refuses the job: QueueFull, and nothing is written.
         """
         return await self.enqueue_job(self.job(task, args, kwargs, job_id=job_id))
 
     async def enqueue_job(self, job: Job) -> JobHandle:
         """Add a prepared Job (``queue.job(...)``): same semantics as ``enqueue``."""
         data = job.encode()
-        entry = await self._enqueue(keys=self._enqueue_keys(job), args=_enqueue_args(job, data))
+        try:
+            entry = await self._enqueue(keys=self._enqueue_keys(job),
+                                        args=_enqueue_args(job, data))
+        except redis.exceptions.ResponseError as exc:
+            if not _out_of_memory(exc):
+                raise
+            raise self._full(f"job {job.id!r} not enqueued") from exc
         return JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
 
     async def enqueue_many(
@@ -190,7 +217,8 @@ class Queue:
             await queue.enqueue_many([("resize", [1]), ("resize", [2], {"width": 64})])
 
         Every job is checked first: one bad job raises InvalidJob and none is added.
-        Each job is added atomically with its id check, not the batch as a whole.
+        Each job is added atomically with its id check, not the batch as a whole: when
+        Redis runs out of memory half-way, QueueFull's ``handles`` are those added.
         """
         prepared = [job if isinstance(job, Job) else self.job(*job) for job in jobs]
         payloads = [job.encode() for job in prepared]
@@ -200,9 +228,27 @@ class Queue:
             for job, data in zip(prepared, payloads, strict=True):
                 await self._enqueue(keys=self._enqueue_keys(job), args=_enqueue_args(job, data),
                                     client=pipe)
-            entries = await pipe.execute()
-        return [JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
-                for job, entry in zip(prepared, entries, strict=True)]
+            entries = await pipe.execute(raise_on_error=False)
+        handles = [JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
+                   for job, entry in zip(prepared, entries, strict=True)]
+        refused = [(handle, entry) for handle, entry in zip(handles, entries, strict=True)
+                   if isinstance(entry, Exception)]
+        if refused:
+            first = refused[0][1]
+            if not all(_out_of_memory(exc) for _, exc in refused):
+                raise next(exc for _, exc in refused if not _out_of_memory(exc))
+            added = [h for h, entry in zip(handles, entries, strict=True)
+                     if not isinstance(entry, Exception)]
+            raise self._full(f"{len(refused)} of {len(handles)} jobs not enqueued (the first: "
+                             f"{refused[0][0].id!r})", added) from first
+        return handles
+
+    def _full(self, what: str, added: list[JobHandle] | None = None) -> QueueFull:
+        from .worker import _describe  # here: worker imports this module
+
+        return QueueFull(f"{self!r} on {_describe(self.redis)}: Redis is out of memory "
+                         f"(maxmemory reached, nothing evicted): {what}, nothing written. "
+                         "Let workers drain the queue, or free memory", added)
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle on a job enqueued earlier (by id), e.g. from another process."""
@@ -402,6 +448,15 @@ def _missing_reason(entry_id: str) -> str:
     if not _ENTRY_ID.fullmatch(entry_id):
         return f"{entry_id[:60]!r} is not a stream entry id (like 1712345678901-0)"
     return "not in the dead-letter stream (requeued already?)"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Redis refused a write for lack of memory (``maxmemory`` reached, nothing evicted)?
+
+    Redis 7 replies ``-OOM``, also from a script; 6.2 wraps it in the script's ``ERR``.
+    """
+    return (isinstance(exc, redis.exceptions.OutOfMemoryError)
+            or "OOM command not allowed" in str(exc))
 
 
 def _enqueue_args(job: Job, data: bytes) -> list[Any]:

@@ -28,13 +28,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import redis.exceptions
-from redis.commands.core import AsyncScript
 
 from ..lifecycle import BackgroundTasks
 from ..timeouts import backoff_s
 from .job import MAX_JOB_BYTES, InvalidJob, Job, JobStatus, Task, TaskRegistry, to_json
 from .keys import QueueKeys
-from .queue import _name, _surrogate, _text
+from .queue import _name, _out_of_memory, _surrogate, _text
+from .scripts import Script
 
 logger = logging.getLogger("course_lib.distributed.worker")
 
@@ -81,10 +81,11 @@ class _Running:
     cancel_timeout_s: float
     reconnect_base_s: float
     reconnect_max_s: float
-    _settle_script: AsyncScript
-    _start_script: AsyncScript
-    _heartbeat_script: AsyncScript
+    _settle_script: Script
+    _start_script: Script
+    _heartbeat_script: Script
     _aborting: bool
+    _stop_requested: asyncio.Event
     _nudge: asyncio.Event
     _jobs: BackgroundTasks
     _bookkeeping: set[asyncio.Task[Any]]
@@ -99,6 +100,7 @@ class _Running:
     _release: Callable[[int], None]
     _prefetch_count: Callable[[int], int]
     _settle_and_read: Callable[[list[Any], list[Any], int], Coroutine[Any, Any, Any]]
+    _sleep: Callable[[float], Coroutine[Any, Any, None]]
 
     # --- starting a batch -------------------------------------------------------------
 
@@ -153,7 +155,10 @@ class _Running:
 
         A job whose record is final ended already (another entry with its id ran):
         its ``ended`` is set, and it is acked as a duplicate, not run. With Redis
-        away only the records suffer: the jobs run, and are settled later.
+        away only the records suffer: the jobs run, and are settled later. Refused for
+        now (Redis out of memory, or its scripts flushed again and again), the read is
+        held and the call retried with backoff (see ``_hold``); at a stop meanwhile,
+        none is marked (they stay pending, reclaimed later).
         """
         keys: list[str] = []
         args: list[Any] = [self.name, repr(time.time())]
@@ -169,15 +174,56 @@ class _Running:
             logger.warning("worker %s: could not record %d job(s) running (%s)", self.name,
                            len(deliveries), exc)
             return []
-        except Exception:
-            if len(deliveries) == 1:  # a bug, or a key of the wrong type: left pending
+        except Exception as exc:
+            if _refused_for_now(exc):
+                replies = await self._hold(deliveries, keys, args, exc)
+                if replies is None:
+                    return deliveries
+            elif len(deliveries) == 1:  # a bug, or a key of the wrong type: left pending
                 logger.exception("worker %s: entry %s could not be marked running", self.name,
                                  deliveries[0].entry_id)
                 return deliveries
-            return [d for one in deliveries for d in await self._mark_running([one])]
+            else:
+                return [d for one in deliveries for d in await self._mark_running([one])]
         for d, ended in zip(deliveries, replies, strict=True):
             d.ended = _text(ended) or None
         return []
+
+    async def _hold(self, deliveries: list[_Delivery], keys: list[Any], args: list[Any],
+                    refusal: Exception) -> list[Any] | None:
+        """Retry START for a read it refused, with backoff; its reply, or None at a stop.
+
+        The read keeps its slots meanwhile, and its entries are beaten with the running
+        ones: a read that cannot start must not make room for the next (each would pull
+        more entries into this worker's pending list, unrun), and an entry held here is
+        not delivered again, so its delivery count, which ``max_deliveries`` bounds,
+        counts workers lost, not refusals.
+        """
+        logger.warning("worker %s: Redis refused to mark %d job(s) running (%s); holding "
+                       "them, retrying with backoff", self.name, len(deliveries), refusal)
+        for d in deliveries:
+            self._holding[d.entry_id] = d
+        failures = 1
+        try:
+            while True:
+                await self._sleep(backoff_s(failures, base_s=self.reconnect_base_s,
+                                            max_s=self.reconnect_max_s))
+                if self._stop_requested.is_set():
+                    return None
+                try:
+                    replies = await self._start_script(keys=keys, args=args)
+                except Exception as exc:
+                    if not (_refused_for_now(exc) or isinstance(exc, _REDIS_DOWN)):
+                        raise
+                    failures += 1
+                    logger.debug("worker %s: still refused: %r", self.name, exc)
+                    continue
+                logger.warning("worker %s: %d held job(s) marked running after %d refusals",
+                               self.name, len(deliveries), failures)
+                return replies
+        finally:
+            for d in deliveries:  # _start holds those that run
+                self._holding.pop(d.entry_id, None)
 
     # --- running one entry ------------------------------------------------------------
 
@@ -398,7 +444,8 @@ class _Running:
             self._release(len(batch))
 
     async def _settle_many(self, batch: list[_Settle]) -> list[int | None]:
-        """One run of the settle script for ``batch``, retried while Redis is away.
+        """One run of the settle script for ``batch``, retried while Redis is away or
+        refuses it for now (out of memory without ``allow-oom``, scripts flushed).
 
         Sent again after an error, a batch settles nothing twice: each delivery is
         gated by its XACK. An error that is not an outage (a key of the wrong type)
@@ -420,7 +467,17 @@ class _Running:
                 else:
                     codes = await self._settle_script(keys=keys, args=args)
                 return [int(code) for code in codes]
-            except _REDIS_DOWN as exc:
+            except Exception as exc:
+                # Refused for now: out of memory on a server that cannot run SETTLE
+                # with allow-oom (before Redis 7), or scripts flushed again and again.
+                if not (isinstance(exc, _REDIS_DOWN) or _refused_for_now(exc)):
+                    if len(batch) > 1:
+                        logger.error("worker %s: settling %d entries failed (%r); settling "
+                                     "them one at a time", self.name, len(batch), exc)
+                        return [code for one in batch for code in await self._settle_many([one])]
+                    logger.exception("entry %s: settle failed; it stays pending",
+                                     _text(batch[0][1][0]))
+                    return [None]
                 read = 0
                 failures += 1
                 if loop.time() >= give_up_at:
@@ -431,14 +488,6 @@ class _Running:
                     return [None] * len(batch)
                 await asyncio.sleep(backoff_s(failures, base_s=self.reconnect_base_s,
                                               max_s=self.reconnect_max_s))
-            except Exception as exc:
-                read = 0
-                if len(batch) > 1:
-                    logger.error("worker %s: settling %d entries failed (%r); settling them "
-                                 "one at a time", self.name, len(batch), exc)
-                    return [code for one in batch for code in await self._settle_many([one])]
-                logger.exception("entry %s: settle failed; it stays pending", _text(batch[0][1][0]))
-                return [None]
 
     async def _end_bookkeeping(self) -> None:
         """Wait ``cancel_timeout_s`` for settles still running, then cancel them.
@@ -470,6 +519,11 @@ async def _cancel_until_done(tasks: set[asyncio.Task[Any]], give_up_s: float
             task.cancel()
         _, tasks = await asyncio.wait(tasks, timeout=min(0.1, give_up_s))
     return tasks
+
+
+def _refused_for_now(exc: BaseException) -> bool:
+    """Refused by a server that will take it later: out of memory, or scripts flushed."""
+    return _out_of_memory(exc) or isinstance(exc, redis.exceptions.NoScriptError)
 
 
 def _counted(items: dict[str, Any] | list[Any]) -> list[Any]:

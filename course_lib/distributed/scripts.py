@@ -10,6 +10,13 @@ next (ack only if the entry is still ours, add the job only if its id is free).
 Every key a script touches is passed in ``KEYS`` and shares the queue's hash
 tag (see ``keys``), so the scripts stay legal on Redis Cluster.
 
+Out of memory (``maxmemory`` reached, ``noeviction``), Redis refuses a script's
+first write that may grow memory, and none after it; a script declared with
+``allow-oom`` (Redis 7's ``#!lua flags=`` line, see ``Script``) runs whole. Only
+SETTLE is: it ends jobs and deletes their entries, so workers drain under pressure,
+while ENQUEUE (refused: the client gets ``QueueFull``) and START (the worker holds its
+read and backs off) wait for memory.
+
 Who runs which: ``Queue`` runs ENQUEUE, MOVE_DUE and REQUEUE_DEAD; ``Worker``
 runs START, HEARTBEAT and SETTLE, each on a batch: one call marks all the
 jobs of a read running, beats all the entries it runs, or settles all the
@@ -18,7 +25,17 @@ deliveries that ended together (each one still gated by its own pending check).
 
 from __future__ import annotations
 
-__all__ = ["ENQUEUE", "HEARTBEAT", "MOVE_DUE", "REQUEUE_DEAD", "SETTLE", "START"]
+__all__ = ["ENQUEUE", "HEARTBEAT", "MOVE_DUE", "REQUEUE_DEAD", "SETTLE", "SETTLE_FLAGS", "START",
+           "Script"]
+
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+# A NOSCRIPT right after loading means a SCRIPT FLUSH landed in between: load again,
+# this many times in all, before giving up (the caller then retries with backoff).
+_LOADS = 3
 
 # Atomic because the id check and the add must not be split: two clients sending
 # the same job_id at once (a retry after a timeout) would both see it free, and the
@@ -28,10 +45,13 @@ ENQUEUE = """
 -- ARGV[1] envelope, ARGV[2] task, ARGV[3] attempt, ARGV[4] max_attempts, ARGV[5] enqueued_at
 -- The id is taken while its record exists: check and add in one atomic step.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+-- XADD is the first write, on purpose: Redis out of memory refuses a script's first
+-- write that may grow memory, and then none after it (it cannot stop half-way). A
+-- DEL first (it frees) let every enqueue through, far past maxmemory.
+local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
 -- A token left by an earlier job with this id (expiring just after its record)
 -- would wake this job's waiters before it ends.
 redis.call('DEL', KEYS[3])
-local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2], 'attempt', ARGV[3],
            'max_attempts', ARGV[4], 'enqueued_at', ARGV[5], 'entry', entry)
 return entry
@@ -134,6 +154,8 @@ return lost
 # every delivery that ended in the same turn of the worker's event loop; each one
 # is still gated by its own pending check, so a batch sent again (after a lost reply)
 # settles nothing twice.
+# Settling frees what it ends (the entry is deleted): it must run out of memory too.
+SETTLE_FLAGS = "allow-oom"
 SETTLE = """
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] dead-letter stream, then two keys
 --   per delivery: its job record and done list (the stream twice when it has no job).
@@ -147,6 +169,7 @@ SETTLE = """
 --   'back' n, n record args, 2, 'job', envelope: handed back, re-added to the stream
 --   'bury' 0, m, m dead-letter args: not a job at all, dead-lettered
 --   (record args are field/value pairs for the job's record.)
+--   Optionally, after the last delivery: consumer, count (a read; see the end).
 -- Returns one code per delivery: 1 settled; 0 not, it was settled already (by us
 -- before a lost reply, or by a worker that reclaimed it): it must not be settled
 -- twice; 2 acked, but the job had ended already: nothing else written.
@@ -217,5 +240,51 @@ for i = 4, #KEYS, 2 do
   code, a = settle(KEYS[i], KEYS[i + 1], a)
   out[#out + 1] = code
 end
+-- Then, when asked (ARGV[a] consumer, ARGV[a + 1] count), read new entries for the
+-- slots just freed: {codes, the XREADGROUP reply}. In the script, not pipelined after
+-- it, so that the read runs only when the settle did: a settle refused (NOSCRIPT after
+-- a SCRIPT FLUSH) must not leave its worker holding more entries than its slots.
+if ARGV[a] then
+  return {out, redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[a], 'COUNT', ARGV[a + 1],
+                          'STREAMS', KEYS[1], '>')}
+end
 return out
 """
+
+
+class Script:
+    """One script, run by its SHA1: loaded when Redis lacks it, with its flags where read.
+
+        settle = Script(redis, SETTLE, flags=SETTLE_FLAGS)
+        await settle(keys=[...], args=[...])
+
+    ``flags`` go into a ``#!lua flags=...`` first line, which Redis 7 reads (``allow-oom``:
+    run when out of memory). Redis 6.2 and fakeredis cannot compile that line: there the
+    script runs without it, as scripts always did. NOSCRIPT (a restart or SCRIPT FLUSH
+    emptied the cache) loads it again and runs it; for a pipeline, use redis-py's own
+    ``register_script``, which loads before the pipeline runs.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, body: str, *, flags: str = "") -> None:
+        self._plain = client.register_script(body)
+        self._script = (client.register_script(f"#!lua flags={flags}\n{body}") if flags
+                        else self._plain)
+
+    @property
+    def sha(self) -> str:
+        """The SHA1 it runs by (of the body with its flags line, where the server reads it)."""
+        return self._script.sha
+
+    async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        for loads in range(1, _LOADS + 1):
+            try:
+                return await self._script(keys=keys, args=args)
+            except redis.exceptions.NoScriptError:
+                if loads == _LOADS:
+                    raise
+            except redis.exceptions.ResponseError as exc:
+                # Redis 6.2 ("Error compiling script") and fakeredis ("error loading
+                # code") both stop at the first character of the flags line.
+                if self._script is self._plain or "near '#'" not in str(exc):
+                    raise
+                self._script = self._plain

@@ -31,6 +31,11 @@ How each job goes, and what makes it safe:
   script) puts due ones back into the stream, atomically, whoever runs it.
 - reclaim: ``XAUTOCLAIM`` takes over entries idle longer than ``visibility_timeout_s``
   (their worker died); one delivered ``max_deliveries`` times is dead-lettered.
+- Redis out of memory (``maxmemory`` reached; a queue needs ``noeviction``): running
+  jobs still settle (SETTLE runs with ``allow-oom`` on Redis 7), a read whose jobs
+  cannot be marked running is held, beaten and retried with backoff (no more reads
+  meanwhile), so a delivery counts a worker lost, never a refusal; a worker restarts
+  when its group exists. Clients get ``QueueFull`` from enqueue.
 - bad input: an entry that is not a valid job (not JSON, wrong types, unknown
   fields, oversize, no ``job`` field) or names an unregistered task is acked and
   dead-lettered with its reason in one step: never lost, never crashing a worker.
@@ -77,8 +82,14 @@ from ..timeouts import backoff_s
 from . import scripts
 from .job import TaskRegistry
 from .keys import DEFAULT_QUEUE
-from .queue import Queue, _text
-from .running import _REDIS_DOWN, _cancel_until_done, _Delivery, _Running, _Settle
+from .queue import Queue, _out_of_memory, _text
+from .running import (
+    _REDIS_DOWN,
+    _cancel_until_done,
+    _Delivery,
+    _Running,
+    _Settle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -182,9 +193,9 @@ class Worker(_Running):
         self.reconnect_base_s = reconnect_base_s
         self.reconnect_max_s = reconnect_max_s
         self.report: ShutdownReport | None = None  # set by stop()
-        self._settle_script = redis.register_script(scripts.SETTLE)
-        self._start_script = redis.register_script(scripts.START)
-        self._heartbeat_script = redis.register_script(scripts.HEARTBEAT)
+        self._settle_script = scripts.Script(redis, scripts.SETTLE, flags=scripts.SETTLE_FLAGS)
+        self._start_script = scripts.Script(redis, scripts.START)
+        self._heartbeat_script = scripts.Script(redis, scripts.HEARTBEAT)
         self._state = _State.NEW
         self._aborting = False
         self._stop_requested = asyncio.Event()
@@ -446,8 +457,8 @@ class Worker(_Running):
         """How many new entries a settle of ``settling`` deliveries reads too (0: none).
 
         When every slot is taken and the reader waits for some, a settle frees
-        ``settling`` slots: the same round trip can refill them, the read running
-        just after the settle script, so the pending list never holds more than
+        ``settling`` slots: the same round trip can refill them, the settle script
+        reading once it has settled, so the pending list never holds more than
         ``concurrency`` entries. Not when stopping, nor when a reclaim is due.
         """
         if (not self._parked or self._prefetched or self._prefetching
@@ -459,27 +470,18 @@ class Worker(_Running):
     async def _settle_and_read(self, keys: list[Any], args: list[Any], count: int) -> Any:
         """The settle script's reply; and up to ``count`` new entries, read in one round trip.
 
-        The entries wait in ``_prefetched`` for the reader, which starts them in the
-        slots this settle frees.
+        The script reads them itself, after settling, so that nothing is read when the
+        settle does not run (see ``scripts.SETTLE``). The entries wait in
+        ``_prefetched`` for the reader, which starts them in the slots this settle frees.
         """
         self._prefetching = True
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._settle_script.sha, len(keys), *keys, *args)
-                pipe.xreadgroup(self.keys.group, self.name, {self.keys.stream: ">"},
-                                count=count)
-                codes, reply = await pipe.execute(raise_on_error=False)
+            codes, reply = await self._settle_script(keys=keys, args=[*args, self.name, count])
         finally:
             self._prefetching = False
             self._prefetch_over.set()
-        if isinstance(reply, Exception):  # NOGROUP...: the reader will meet it again
-            logger.debug("worker %s: read with a settle failed: %r", self.name, reply)
-        elif not self._aborting:  # else a "crash": they stay in our PEL, unrun
-            self._prefetched += [(_text(i), fields, None) for i, fields in _entries(reply)]
-        if isinstance(codes, redis.exceptions.NoScriptError):  # a restart, SCRIPT FLUSH
-            return await self._settle_script(keys=keys, args=args)  # loads it, runs it
-        if isinstance(codes, Exception):
-            raise codes
+        if not self._aborting:  # else a "crash": they stay in our PEL, unrun
+            self._prefetched += [(_text(i), fields, None) for i, fields in _read_in_script(reply)]
         return codes
 
     async def _start_prefetched(self) -> None:
@@ -581,8 +583,19 @@ class Worker(_Running):
             await self.redis.xgroup_create(self.keys.stream, self.keys.group, id="0",
                                            mkstream=True)
         except redis.exceptions.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "BUSYGROUP" in str(exc):
+                return
+            # Out of memory, Redis refuses the create before it would find the group:
+            # a worker restarting then must not fail when there is nothing to create.
+            if not _out_of_memory(exc) or not await self._group_exists():
                 raise
+
+    async def _group_exists(self) -> bool:
+        try:
+            groups = await self.redis.xinfo_groups(self.keys.stream)
+        except redis.exceptions.ResponseError:  # no such stream
+            return False
+        return any(_text(group["name"]) == self.keys.group for group in groups)
 
     async def _leave_group(self) -> None:
         """Delete this consumer from the group when it holds nothing (tidy XINFO output)."""
@@ -607,7 +620,11 @@ class Worker(_Running):
                 return
             except Exception as again:
                 exc = again
-        if isinstance(exc, _REDIS_DOWN):
+        if _out_of_memory(exc):
+            if failures == 1:  # once per streak: it may last
+                logger.warning("worker %s: Redis out of memory while %s (%s); retrying with "
+                               "backoff", self.name, doing, exc)
+        elif isinstance(exc, _REDIS_DOWN):
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 logger.warning("worker %s: Redis unreachable at %s while %s (%s: %s); "
@@ -641,6 +658,23 @@ def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
     out = []
     for _, entries in streams:
         out.extend((entry_id, fields or {}) for entry_id, fields in entries)
+    return out
+
+
+def _read_in_script(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """The entries of an XREADGROUP run in a script: [[stream, [[id, [f, v, ...]]]]].
+
+    Fields come as a flat list (a script's reply is not parsed as XREADGROUP's);
+    nothing read comes as None. (fakeredis leaves out the outer list.)
+    """
+    if not reply:
+        return []
+    streams = reply if isinstance(reply[0], list) else [reply]
+    out = []
+    for _, entries in streams:
+        for entry_id, flat in entries:
+            fields = flat or []
+            out.append((entry_id, dict(zip(fields[::2], fields[1::2], strict=True))))
     return out
 
 
