@@ -38,7 +38,7 @@ from .results import QueueClosed, ResultListener
 _ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
-class QueueFull(Exception):
+class QueueFull(redis.exceptions.OutOfMemoryError):
     """Redis refused the job: it is out of memory (``maxmemory`` reached, nothing evicted).
 
         try:
@@ -48,7 +48,8 @@ class QueueFull(Exception):
 
     Nothing of a refused job is in Redis (the script's first write is the one
     refused). ``handles``: the jobs of an ``enqueue_many`` that did get in before
-    the refusal (none for ``enqueue``). ``__cause__``: Redis's OutOfMemoryError.
+    the refusal (none for ``enqueue``). ``__cause__``: Redis's own error. A RedisError
+    still, so code that handles those (the CLI) handles it too.
     """
 
     def __init__(self, message: str, handles: list[JobHandle] | None = None) -> None:

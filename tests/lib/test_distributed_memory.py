@@ -70,6 +70,7 @@ async def test_enqueue_past_maxmemory_is_refused_and_writes_nothing(redis_server
         assert "'big'" in message and "out of memory" in message
         assert f"127.0.0.1:{server.port}" in message and PASSWORD not in message
         assert isinstance(refused.value.__cause__, redis.exceptions.OutOfMemoryError)
+        assert isinstance(refused.value, redis.exceptions.RedisError)  # as before, for callers
         # Nothing of the refused job: no entry, no record, no token.
         assert await client.xlen(queue.keys.stream) == enqueued
         assert not await client.exists(queue.keys.job(f"j{enqueued}"),
