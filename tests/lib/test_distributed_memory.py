@@ -129,6 +129,44 @@ async def test_a_job_running_when_memory_runs_out_is_settled(redis_server_factor
 
 
 @pytest.mark.asyncio
+async def test_a_settle_refused_for_memory_is_retried_until_memory_is_back(
+        redis_server_factory):
+    """Where SETTLE cannot run with ``allow-oom`` (Redis 6.2: forced here on 7), the
+    refusal is retried like an outage, not given up at once (the entry left pending,
+    reclaimed and the job run again)."""
+    server = redis_server_factory(extra_args=NOEVICTION)
+    client = await connect(server.url)
+    try:
+        registry = TaskRegistry()
+        gate = asyncio.Event()
+        runs: list[int] = []
+
+        @registry.task
+        async def work(n: int) -> int:
+            runs.append(n)
+            await gate.wait()
+            return n
+
+        queue = Queue(client, registry=registry)
+        handle = await queue.enqueue("work", 7)
+        worker = fast_worker(client, registry, visibility_timeout_s=30)
+        settle = worker._settle_script
+        settle._script = settle._plain  # as on a server that reads no flags line
+        async with worker:
+            await eventually(lambda: _status_is(handle, JobStatus.RUNNING))
+            await _run_out_of_memory(client)
+            gate.set()
+            await asyncio.sleep(0.5)  # a few refused settles
+            assert await handle.status() is JobStatus.RUNNING
+            await _memory_back(client)
+            await eventually(lambda: _status_is(handle, JobStatus.DONE))
+        assert runs == [7]
+        assert (await queue.counts()).pending == 0
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.asyncio
 async def test_a_read_that_cannot_start_for_lack_of_memory_is_held_and_retried(
         redis_server_factory, caplog):
     """START refused: the read is held (and beaten) while the worker backs off.
