@@ -16,36 +16,22 @@ What each sample holds:
   creates no task of its own: it runs in the task that awaits it.
 - **loop lag**: p50, p99 and max of how late a probe callback ran since the previous
   sample (a ``call_later`` every ``lag_probe_s``; no thread, no task).
-- **the queue** (``course_lib.distributed.Queue``, optional), one pipelined round trip:
-  ``stream``, ``pending``, ``lag``, ``delayed``, ``dead``, ``consumers``, the names of
-  ``python -m course_lib.distributed stats --watch``, each with its change per second;
-  **in flight per worker** (XINFO CONSUMERS: each consumer's pending entries, and
-  how long it has been idle: a killed worker's idle time grows until its entries are
-  reclaimed); and **done/s**.
+- **the queue** (``course_lib.distributed.Queue``, optional): ``stream``, ``pending``,
+  ``lag``, ``delayed``, ``dead``, ``consumers`` (the names of ``python -m
+  course_lib.distributed stats --watch``) with their change per second, **in flight per
+  worker** with its idle time, and **done/s**, read in one pipelined round trip by
+  ``course_lib.monitor.queue_figures.read_queue_figures`` (its docstring says how done/s
+  is counted from the stream's ``entries-added``, and why not from ``entries-read``).
 
-How done/s is counted without a counter in the library. Workers delete each stream
-entry when they settle it (XACK + XDEL: done, a retry, a dead letter, or handed back at a
-graceful stop), and XINFO STREAM reports ``entries-added``, every entry the stream ever
-took in (Redis 7+ and fakeredis). Between two samples, entries added minus the growth of
-the stream is the number *settled*. Reclaiming (XAUTOCLAIM) moves an entry between
-consumers and counts nowhere, so a dead worker's jobs count once, when another worker
-settles them. ``done`` is ``settled`` minus the growth of ``dead`` and of ``delayed``:
-exact for a run without retries and hand-backs; a retry scheduled and moved back within
-one interval, or a job handed back at a stop, counts as done. Where the server reports no
-``entries-added`` (Redis 6.2) done/s shows ``n/a``. (The group's ``entries-read`` looks
-like the obvious figure, but it may be reported as null once an entry at or after the
-group's last delivered one is deleted while older ones remain, which workers settling out
-of order do all the time: fakeredis 2.41 then says null, and a trial of chapter 5's run
-counted with it found 82 jobs of 150; Redis 7.0.15 went on counting in the same test.)
-
-Every Redis call has a bound (``redis_timeout_s``): an error or a silent server is a
-line on the dashboard, and the next sample tries again. Every sample is kept in a
-deque (``max_samples``), so the run returns a ``DashboardReport`` to print or plot, and
-tests assert on data, not on HTML. The dashboard stops after ``duration_s``, when
-``until`` holds (a predicate of the sample, sync or async, or an ``asyncio.Event``), or
-when the awaiting task is cancelled (the kernel's interrupt button does that) or
-interrupted; in every case the probe callback is cancelled and a last redraw says why
-it stopped. ``Dashboard(...).report()`` is readable after a cancel too.
+Every Redis read has a bound (``redis_timeout_s``): an error or a silent server is a
+line on the dashboard, the last figures stay shown, and the next sample tries again.
+Every sample is kept in a deque (``max_samples``), so the run returns a
+``DashboardReport`` to print or plot, and tests assert on data, not on HTML. The
+dashboard stops after ``duration_s``, when ``until`` holds (a predicate of the sample,
+sync or async, or an ``asyncio.Event``), or when the awaiting task is cancelled (the
+kernel's interrupt button does that) or interrupted; in every case the probe callback
+is cancelled and a last redraw says why it stopped. ``Dashboard(...).report()`` is
+readable after a cancel too.
 """
 
 from __future__ import annotations
@@ -56,21 +42,18 @@ __all__ = ["Dashboard", "DashboardReport", "DashboardView", "LagSample", "QueueS
 import asyncio
 import dataclasses
 import enum
-import functools
-import html
 import inspect
-import io
 import math
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from course_lib.monitor import _dashboard_view as _view
+from course_lib.monitor._dashboard_view import DashboardView
+from course_lib.monitor.queue_figures import QueueSample, read_queue_figures
+
 Until = Callable[["Sample"], "bool | Awaitable[bool]"] | asyncio.Event
-_RATED = ("stream", "pending", "lag", "delayed", "dead")  # as stats --watch; consumers: no rate
-_STATES = ("waiting", "ready", "cancelling")
-_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: only on a terminal
 
 
 class Stop(enum.Enum):
@@ -91,35 +74,6 @@ class LagSample:
     p50_s: float | None
     p99_s: float | None
     max_s: float | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class QueueSample:
-    """The queue's figures at one sample; ``rates`` per second since the previous one.
-
-    ``settled``/``done`` are over the interval since the previous good sample (None for
-    the first, or when the server reports no ``entries-added``); see the module's doc.
-    """
-
-    stream: int
-    pending: int
-    lag: int
-    delayed: int
-    dead: int
-    consumers: int
-    in_flight: dict[str, int]  # consumer -> entries it holds (delivered, unsettled)
-    idle_s: dict[str, float]  # consumer -> seconds since it last read or claimed
-    entries_added: int | None  # every entry the stream ever took in (XINFO STREAM)
-    settled: int | None = None
-    done: int | None = None
-    interval_s: float | None = None
-    rates: dict[str, float] | None = None
-
-    @property
-    def done_per_s(self) -> float | None:
-        if self.done is None or not self.interval_s:
-            return None
-        return self.done / self.interval_s
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,33 +158,11 @@ class DashboardReport:
         return dict(sorted(peak.items()))
 
     def __str__(self) -> str:
-        how = self.stopped_by.value if self.stopped_by else "still running"
-        lines = [f"dashboard: {len(self.samples) + self.dropped} samples every {self.every_s:g} s"
-                 f" over {self.duration_s:.1f} s, {self.updates} redraws; stopped: {how}"]
-        if self.samples:
-            peak = max(self.samples, key=lambda s: s.task_count)
-            lines.append(f"tasks: at most {peak.task_count} (at {peak.at_s:.1f} s), "
-                         f"{self.samples[-1].task_count} at the end")
-        lags = [v for _, v in self.series("max_s")]
-        if lags:
-            lines.append(f"loop lag: max {max(lags) * 1e3:.1f} ms")
-        if self.queue_name is not None:
-            rate = self.done_per_s
-            lines.append(f"queue {self.queue_name!r}: done {_n(self.done_total)}, "
-                         f"{'n/a' if rate is None else f'{rate:.1f}'} done/s on average")
-            peaks = ", ".join(f"{k} {v}" for k, v in self.in_flight_peak().items())
-            lines.append(f"in flight at most: {peaks or '-'}")
-            last = next((s.queue for s in reversed(self.samples) if s.queue), None)
-            if last is not None:
-                lines.append("at the end: " + ", ".join(
-                    f"{k} {getattr(last, k)}" for k in (*_RATED, "consumers")))
-        for at_s, error in self.errors[-5:]:
-            lines.append(f"error at {at_s:.1f} s: {error}")
-        return "\n".join(lines)
+        return _view.report_text(self)
 
     def plot(self) -> Any:
         """A matplotlib Figure: done/s, in flight per worker, backlog, loop lag over time."""
-        return _plot(self)
+        return _view.plot_report(self)
 
 
 class _State(enum.Enum):
@@ -272,7 +204,8 @@ class Dashboard:
         self._started = self._ended = 0.0
         self._own: set[asyncio.Task[Any]] = set()
         self._last_queue: tuple[float, QueueSample] | None = None  # (at_s, figures)
-        self._until_text = self._until_name = ""
+        self._until: Until | None = None
+        self._until_text = ""
 
     def __repr__(self) -> str:
         queue = f" queue {self.queue.name!r}" if self.queue is not None else ""
@@ -293,8 +226,7 @@ class Dashboard:
         self._own = {t for t in (asyncio.current_task(),) if t is not None}
         self._started = loop.time()
         deadline = None if duration_s is None else self._started + duration_s
-        self._until_text = _until_text(duration_s, until)
-        self._until_name = _name(until)
+        self._until, self._until_text = until, _view.until_text(duration_s, until)
         reason = Stop.FAILED
         if self._probe is not None:
             self._probe.start(loop)
@@ -368,139 +300,42 @@ class Dashboard:
         return sample
 
     async def _queue_sample(self, at_s: float) -> tuple[QueueSample | None, str | None]:
-        q = self.queue
-        try:
-            async with asyncio.timeout(self.redis_timeout_s):
-                async with q.redis.pipeline(transaction=False) as pipe:
-                    pipe.xinfo_stream(q.keys.stream)
-                    pipe.zcard(q.keys.delayed)
-                    pipe.xlen(q.keys.dead)
-                    pipe.xinfo_groups(q.keys.stream)
-                    pipe.xinfo_consumers(q.keys.stream, q.keys.group)
-                    replies = await pipe.execute(raise_on_error=False)
-            figures = self._figures(at_s, replies)
+        previous = self._last_queue[1] if self._last_queue is not None else None
+        try:  # rates since the last good figures: a failed read leaves a longer interval
+            figures = await read_queue_figures(self.queue, previous,
+                                               timeout_s=self.redis_timeout_s)
         except TimeoutError:
-            error = f"Redis: no answer within {self.redis_timeout_s:g} s"
+            return None, f"Redis: no answer within {self.redis_timeout_s:g} s"
         except Exception as exc:  # a line on the dashboard, never a crash: the next sample retries
             text = (str(exc).strip().splitlines() or [""])[0][:160]
-            error = f"Redis: {type(exc).__name__}: {text}".rstrip(": ")
-        else:
-            self._last_queue = (at_s, figures)
-            return figures, None
-        finally:
-            _raise_if_cancel_lost()
-        return None, error
-
-    def _figures(self, at_s: float, replies: list[Any]) -> QueueSample:
-        stream, delayed, dead, groups, consumers = (_ok(r) for r in replies)
-        q = self.queue
-        stream_len = int(stream["length"]) if stream else 0
-        added = stream.get("entries-added") if stream else 0  # no stream yet: nothing added
-        group = next((g for g in groups or [] if _text(g.get("name")) == q.keys.group), None)
-        pending = n_consumers = 0
-        lag: int | None = None
-        if group is not None:
-            pending, n_consumers = int(group["pending"]), int(group["consumers"])
-            lag = group.get("lag")
-        if lag is None:  # as Queue.counts(): what is left and not pending is not delivered yet
-            lag = max(0, stream_len - pending)
-        in_flight = {_text(c["name"]): int(c["pending"]) for c in consumers or []}
-        idle_s = {_text(c["name"]): int(c.get("idle") or 0) / 1000 for c in consumers or []}
-        figures = QueueSample(
-            stream=stream_len, pending=pending, lag=int(lag), delayed=int(delayed),
-            dead=int(dead), consumers=n_consumers, in_flight=dict(sorted(in_flight.items())),
-            idle_s=dict(sorted(idle_s.items())),
-            entries_added=None if added is None else int(added))
-        if self._last_queue is None:
-            return figures
-        then, prev = self._last_queue
-        interval_s = max(at_s - then, 1e-9)
-        rates = {k: (getattr(figures, k) - getattr(prev, k)) / interval_s for k in _RATED}
-        settled = done = None
-        if figures.entries_added is not None and prev.entries_added is not None:
-            # Settled entries are deleted: what came in minus what the stream grew by.
-            settled = (figures.entries_added - prev.entries_added) - (stream_len - prev.stream)
-            done = max(0, settled - max(0, figures.dead - prev.dead)
-                       - max(0, figures.delayed - prev.delayed))
-        return dataclasses.replace(figures, settled=settled, done=done, interval_s=interval_s,
-                                   rates=rates)
+            return None, f"Redis: {type(exc).__name__}: {text}".rstrip(": ")
+        self._last_queue = (at_s, figures)
+        return figures, None
 
     # --- drawing ------------------------------------------------------------------------
 
     def _show(self, sample: Sample) -> None:
         if self._display is None or self._display is False:
             return
-        view = DashboardView(sample, self._render(sample))
+        stopped = None
+        if self._state is _State.STOPPED:
+            stopped = f"after {self._ended - self._started:.1f} s: {self._why()}"
+        view = DashboardView(sample, _view.render(
+            sample, every_s=self.every_s, until_text=self._until_text, top=self.top,
+            queue_name=None if self.queue is None else self.queue.name,
+            last_queue=self._last_queue, stopped=stopped))
         if self._out is None:
-            self._out = _open(self._display, view)
+            self._out = _view.open_display(self._display, view)
         else:
             self._out.update(view)
         self._updates += 1
 
-    def _render(self, s: Sample) -> str:
-        head = (f"dashboard  {time.strftime('%H:%M:%S', time.localtime(s.wall))}  sample {s.n} "
-                f"at {s.at_s:.1f} s, every {self.every_s:g} s  ({self._until_text})")
-        lines = [head]
-        states = ", ".join(f"{s.by_state.get(k, 0)} {k}" for k in _STATES)
-        lines.append(f"tasks      {s.task_count}: {states}  (the dashboard's own left out)")
-        rows = sorted(s.tasks.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))
-        if rows and self.top:
-            width = max(9, *(len(name) for name, _ in rows[:self.top]))
-            lines.append(f"  {'coroutine':<{width}}  " + "  ".join(f"{k:>10}" for k in _STATES))
-            for name, counts in rows[:self.top]:
-                lines.append(f"  {name:<{width}}  "
-                             + "  ".join(f"{counts.get(k, 0):>10}" for k in _STATES))
-            if len(rows) > self.top:
-                lines.append(f"  ... {len(rows) - self.top} more coroutine names")
-        if s.loop_lag is not None:
-            lag = s.loop_lag
-            lines.append(f"loop lag   p50 {_ms(lag.p50_s)}, p99 {_ms(lag.p99_s)}, max "
-                         f"{_ms(lag.max_s)}  ({lag.probes} probes since the last sample)")
-        if self.queue is not None:
-            lines += self._render_queue(s)
-        if self._state is _State.STOPPED:
-            lines.append(f"stopped    after {self._ended - self._started:.1f} s: {self._why()}")
-        return "\n".join(lines)
-
     def _why(self) -> str:
-        reason = self._stopped_by
-        if reason is Stop.UNTIL:
-            return f"{self._until_name} held"
-        if reason is Stop.DURATION:
+        if self._stopped_by is Stop.UNTIL:
+            return f"{_view.until_name(self._until)} held"
+        if self._stopped_by is Stop.DURATION:
             return "its duration passed"
-        return reason.value if reason is not None else "?"
-
-    def _render_queue(self, s: Sample) -> list[str]:
-        lines = [f"queue      {self.queue.name!r}"]
-        if s.error:
-            lines.append(f"  error    {s.error}")
-        if s.queue is None and self._last_queue is None:
-            return lines
-        q = s.queue
-        if q is None:
-            at_s, q = self._last_queue  # type: ignore[misc]
-            lines.append(f"  (the last figures Redis gave, {s.at_s - at_s:.1f} s ago)")
-        for name in (*_RATED, "consumers"):
-            line = f"  {name:<10} {getattr(q, name):>7}"
-            if q.rates is not None and name in q.rates:
-                line += f"   {q.rates[name]:+.1f}/s"
-            lines.append(line)
-        rate = q.done_per_s
-        if q.entries_added is None:
-            lines.append("  done/s        n/a   (the server reports no entries-added)")
-        elif rate is None:
-            lines.append("  done/s          -   (from the next sample on)")
-        else:
-            lines.append(f"  done/s     {rate:>7.1f}   ({q.done} done in the last "
-                         f"{q.interval_s:.1f} s)")
-        top = max(q.in_flight.values(), default=0)
-        for i, (name, n) in enumerate(q.in_flight.items()):
-            bar = "#" * (math.ceil(20 * n / top) if top else 0)
-            label = "in flight" if i == 0 else ""
-            lines.append(f"  {label:<10} {name:>7} {n:>4} {bar:<20}  idle {q.idle_s[name]:.1f} s")
-        if not q.in_flight:
-            lines.append("  in flight  (no worker in the group)")
-        return lines
+        return self._stopped_by.value if self._stopped_by is not None else "?"
 
 
 async def live_dashboard(queue: Any = None, *, every_s: float = 1.0,
@@ -517,21 +352,6 @@ async def live_dashboard(queue: Any = None, *, every_s: float = 1.0,
     dash = Dashboard(queue, every_s=every_s, loop_lag=loop_lag, top=top, display=display,
                      redis_timeout_s=redis_timeout_s)
     return await dash.run(duration_s=duration_s, until=until)
-
-
-class DashboardView:
-    """What one redraw shows: a monospace block (``_repr_html_`` in a notebook, else text)."""
-
-    def __init__(self, sample: Sample, text: str) -> None:
-        self.sample = sample
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def _repr_html_(self) -> str:
-        return (f'<pre style="font-size: 12px; line-height: 1.3; margin: 0">'
-                f"{html.escape(self.text)}</pre>")
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -620,146 +440,8 @@ async def _wait(loop: asyncio.AbstractEventLoop, when: float, until: Until | Non
         await asyncio.sleep(max(0.0, when - loop.time()))
 
 
-def _raise_if_cancel_lost() -> None:
-    # On 3.11 redis-py sends commands through asyncio.wait_for when the client has a
-    # socket_timeout, and 3.11's wait_for can swallow a cancel that lands once the
-    # command is sent (fixed in 3.12): cancelling() still counts it, so stop here.
-    if sys.version_info < (3, 12):
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise asyncio.CancelledError
-
-
-def _until_text(duration_s: float | None, until: Until | None) -> str:
-    parts = []
-    if until is not None:
-        parts.append(f"until {_name(until)}")
-    if duration_s is not None:
-        parts.append(f"{duration_s:g} s at most")
-    return ", ".join([*parts, "an interrupt stops it"])
-
-
-def _name(until: Until | None) -> str:
-    if isinstance(until, asyncio.Event):
-        return "the event is set"
-    return getattr(until, "__name__", type(until).__name__)
-
-
-def _ok(reply: Any) -> Any:
-    """A pipeline reply; a missing stream or group reads as empty, other errors raise."""
-    if isinstance(reply, Exception):
-        text = str(reply)
-        if "no such key" in text or "NOGROUP" in text:
-            return None
-        raise reply
-    return reply
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
-def _n(value: int | None) -> str:
-    return "n/a" if value is None else str(value)
-
-
-def _ms(x: float | None) -> str:
-    return "-" if x is None else f"{x * 1e3:.1f} ms"
-
-
 def _percentile(sorted_xs: list[float], pct: float) -> float | None:
     if not sorted_xs:
         return None
     k = max(0, math.ceil(pct / 100 * len(sorted_xs)) - 1)  # nearest rank
     return sorted_xs[k]
-
-
-# --- the plot --------------------------------------------------------------------------
-
-
-def _plot(report: DashboardReport) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    # (title, {label: points}, how): "interval" figures hold over the interval that
-    # ends at their sample (a step drawn backwards), "stack" bands add up to a total.
-    panels: list[tuple[str, dict[str, list[tuple[float, float]]], str]] = []
-    if report.queue_name is not None:
-        panels.append(("done/s", {"done/s": report.series("done_per_s")}, "interval"))
-        workers = sorted({w for s in report.samples if s.queue for w in s.queue.in_flight})
-        panels.append(("in flight per worker", {
-            w: [(s.at_s, s.queue.in_flight.get(w, 0)) for s in report.samples if s.queue]
-            for w in workers}, "stack"))
-        panels.append(("backlog", {k: report.series(k) for k in ("lag", "delayed", "dead")},
-                       "line"))
-    panels.append(("tasks", {"tasks": report.series("tasks")}, "line"))
-    if any(s.loop_lag for s in report.samples):
-        panels.append(("loop lag (ms)", {
-            k: [(t, v * 1e3) for t, v in report.series(f"{k}_s")] for k in ("p50", "max")},
-            "interval"))
-    fig = Figure(figsize=(8, 1.5 * len(panels) + 0.6), layout="constrained")
-    FigureCanvasAgg(fig)
-    fig._repr_png_ = functools.partial(_png, fig)  # shown even before pyplot is imported
-    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (title, lines, how) in zip(axes, panels, strict=True):
-        drawn = {k: v for k, v in lines.items() if v}
-        if how == "stack" and drawn:
-            times = [t for t, _ in next(iter(drawn.values()))]
-            ax.stackplot(times, *([v for _, v in pts] for pts in drawn.values()),
-                         labels=list(drawn), alpha=0.8)
-        for label, points in drawn.items() if how != "stack" else ():
-            xs, ys = [t for t, _ in points], [v for _, v in points]
-            if how == "interval":
-                ax.step(xs, ys, where="pre", label=label)
-            else:
-                ax.plot(xs, ys, marker=".", label=label)
-        ax.set_ylabel(title, fontsize=9)
-        ax.set_ylim(bottom=0)
-        ax.margins(y=0.15)
-        ax.grid(alpha=0.3)
-        if title != "loop lag (ms)":
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        if len(lines) > 1:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    axes[-1].set_xlabel("seconds since the dashboard started")
-    how = report.stopped_by.value if report.stopped_by else "running"
-    axes[0].set_title(f"dashboard{f' of {report.queue_name!r}' if report.queue_name else ''}: "
-                      f"{len(report.samples)} samples, stopped: {how}", loc="left", fontsize=10)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
-    return buffer.getvalue()
-
-
-class _Printer:
-    """The display outside a kernel: print each view (redrawn in place on a terminal)."""
-
-    def __init__(self) -> None:
-        self.redraw = sys.stdout.isatty()
-
-    def update(self, view: DashboardView) -> None:
-        print((_CLEAR if self.redraw else "") + view.text, end="\n" if self.redraw else "\n\n",
-              flush=True)
-
-
-def _open(display: Any, view: DashboardView) -> Any:
-    """Draw ``view`` the first time; the object that takes the next ones (``update``)."""
-    if display != "auto":
-        display.update(view)
-        return display
-    # A kernel has imported IPython long before: never import it here just to look.
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
-    if shell is not None and getattr(shell, "kernel", None) is not None:
-        from IPython.display import display as ipython_display
-
-        return ipython_display(view, display_id=True)
-    printer = _Printer()
-    printer.update(view)
-    return printer

@@ -3,7 +3,8 @@
 Timing logic runs under looptime (virtual time: counts of redraws, never wall-clock
 bounds). The queue tests take the ``redis`` fixture (fakeredis, then a real server)
 and run real Workers, so done/s and in flight per worker are checked against what
-the workers report they did. A stand-in display object counts the redraws.
+the workers report they did; the figures themselves, read by hand-driven streams, are
+tested in test_monitor_queue_figures.py. A stand-in display object counts the redraws.
 """
 
 from __future__ import annotations
@@ -445,40 +446,16 @@ async def test_a_queue_that_does_not_exist_yet_reads_as_empty(redis):
     assert drained(report.samples[0])
 
 
-@pytest.mark.asyncio
-async def test_done_counts_settles_out_of_order_where_entries_read_gives_up(redis, redis_url):
-    # Workers settle (XACK + XDEL) in any order. Once the group's last delivered entry
-    # is deleted while an older one is pending, fakeredis 2.41 (which follows recent
-    # Redis) reports entries-read as null; Redis 7.0.15 went on counting. The dashboard
-    # counts what left the stream instead (entries-added minus length): right on both.
-    queue = Queue(redis, "dash")
-    stream, group = queue.keys.stream, queue.keys.group
-    ids = [await redis.xadd(stream, {"job": b"{}"}) for _ in range(6)]
-    await redis.xgroup_create(stream, group, id="0")
-    dash = Dashboard(queue, display=None)
-    await dash.sample()
-    await redis.xreadgroup(group, "c1", {stream: ">"}, count=3)
-    await redis.xack(stream, group, ids[2])
-    await redis.xdel(stream, ids[2])  # the last one delivered, settled first
-    await redis.xreadgroup(group, "c2", {stream: ">"}, count=2)
-    await redis.xack(stream, group, ids[0], ids[3])
-    await redis.xdel(stream, ids[0], ids[3])
-    sample = await dash.sample()
-    if redis_url is None:  # fakeredis
-        assert (await redis.xinfo_groups(stream))[0]["entries-read"] is None
-    q = sample.queue
-    assert (q.settled, q.done, q.pending, q.in_flight) == (3, 3, 2, {"c1": 1, "c2": 1})
-
-
 class Flaky:
-    """A Redis client whose pipelines fail from the ``fail_from``-th on."""
+    """A Redis client whose pipelines fail from the ``fail_from``-th on (to ``fail_to``)."""
 
-    def __init__(self, real: redis.asyncio.Redis, fail_from: int) -> None:
-        self.real, self.fail_from, self.calls = real, fail_from, 0
+    def __init__(self, real: redis.asyncio.Redis, fail_from: int,
+                 fail_to: float = float("inf")) -> None:
+        self.real, self.fail_from, self.fail_to, self.calls = real, fail_from, fail_to, 0
 
     def pipeline(self, **kw):
         self.calls += 1
-        if self.calls >= self.fail_from:
+        if self.fail_from <= self.calls <= self.fail_to:
             raise redis.exceptions.ConnectionError("Error 111 connecting. Connection refused.")
         return self.real.pipeline(**kw)
 
@@ -500,6 +477,21 @@ async def test_a_redis_error_is_a_line_and_the_last_figures_stay_shown(redis):
     assert "error    Redis: ConnectionError" in text
     assert "the last figures Redis gave" in text and "stream" in text
     assert not drained(report.samples[-1])  # unknown is not drained
+
+
+@pytest.mark.asyncio
+async def test_after_a_failed_read_the_rates_run_from_the_last_good_figures(redis):
+    queue = Queue(Flaky(redis, fail_from=2, fail_to=2), "dash")
+    dash = Dashboard(queue, display=None)
+    first = await dash.sample()
+    await redis.xadd(queue.keys.stream, {"job": b"{}"})
+    failed = await dash.sample()
+    await redis.xadd(queue.keys.stream, {"job": b"{}"})
+    again = await dash.sample()
+    assert failed.queue is None and failed.error and again.error is None
+    q = again.queue
+    assert q.interval_s == pytest.approx(q.read_at_s - first.queue.read_at_s)
+    assert q.rates["stream"] == pytest.approx(2 / q.interval_s)  # both jobs, one interval
 
 
 async def silent_server():
