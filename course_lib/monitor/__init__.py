@@ -16,6 +16,9 @@ One module an idea; the names most code needs are re-exported here:
 - ``course_lib.monitor.dashboard``: ``live_dashboard()`` / ``Dashboard``: tasks, loop lag
   and chapter 4's queue (in flight per worker, done/s) redrawn in place until it stops
   (``until=drained``, a duration, an interrupt); a ``DashboardReport`` to print or plot.
+- ``course_lib.monitor.queue_figures``: ``read_queue_figures()``, a chapter-4 queue's
+  counts, in flight per worker, rates and done/s in one bounded Redis round trip (the
+  figures of the dashboard and of ``stats --watch``).
 - ``course_lib.monitor.attach``: from outside a running process: ``AioMonitor`` drives
   aiomonitor (ps, where, cancel) in a worker started with ``--aiomonitor-port``;
   ``py_spy_dump(pid)`` gives its threads' stacks, or one line saying why it could not.
