@@ -54,9 +54,12 @@ class Decision(NamedTuple):
         Decision("retry", 4.0, "ConnectionError: reset (attempt 3/5 failed)")
     """
 
-    action: Literal["ack", "retry", "dead"]  # done / run it again later / give up on it
+    # done / run it again later / failed: an error not worth retrying, answered to the
+    # caller (the library's FAILED: no dead letter) / dead: out of attempts, given up on
+    # and dead-lettered (the library's DEAD)
+    action: Literal["ack", "retry", "failed", "dead"]
     delay_s: float = 0.0  # how long to wait before the next attempt; 0 unless "retry"
-    reason: str = ""  # for the logs and the dead-letter list; "" is fine for "ack"
+    reason: str = ""  # for the logs, the caller and the dead letter; "" is fine for "ack"
 
 
 def decide(
@@ -64,19 +67,24 @@ def decide(
     max_attempts: int,
     error: BaseException | None,
     *,
-    retry_on: tuple[type[Exception], ...] = (Exception,),
+    retry_on: tuple[type[Exception], ...],
     base_s: float = 1.0,
     max_s: float = 60.0,
 ) -> Decision:
-    """Exercise 4.2: settle an attempt: ack it, retry it later, or give up on it.
+    """Exercise 4.2: settle an attempt: ack it, retry it later, fail it, or give up on it.
 
-        decide(1, 3, None)                          # Decision('ack', 0.0, '')
-        decide(2, 3, ConnectionError("reset"))      # Decision('retry', 2.0, 'ConnectionError...')
-        decide(3, 3, ConnectionError("reset"))      # Decision('dead', 0.0, 'ConnectionError...')
+        decide(1, 3, None, retry_on=(ConnectionError,))              # Decision('ack', 0.0, '')
+        decide(2, 3, ConnectionError("reset"), retry_on=(OSError,))  # Decision('retry', 2.0, ...)
+        decide(3, 3, ConnectionError("reset"), retry_on=(OSError,))  # Decision('dead', 0.0, ...)
+        decide(1, 3, KeyError("user"), retry_on=(OSError,))         # Decision('failed', 0.0, ...)
 
     ``attempt`` is the number of the attempt that just ended (the first is 1), out of
-    ``max_attempts``; ``error`` is what it raised, or None if it returned. A pure
-    function: no Redis, no clock, no randomness.
+    ``max_attempts``; ``error`` is what it raised, or None if it returned. ``retry_on``
+    is required, as in chapter 2's ``retry()``: the caller names the errors that are
+    transient (the worker passes the task's). A pure function: no Redis, no clock, no
+    randomness. The four actions are the library's outcomes (``JobStatus`` in
+    course_lib/distributed/job.py): ``"ack"`` DONE, ``"retry"``, ``"failed"`` FAILED
+    (an answer for the caller, no dead letter), ``"dead"`` DEAD (a dead letter).
 
     - No error: ``"ack"``.
     - An error that is an instance of one of ``retry_on`` (a subclass counts, as with
@@ -84,11 +92,13 @@ def decide(
       ``min(max_s, base_s * 2 ** (attempt - 1))`` seconds: base_s after the first
       failure, then twice as long each time, never more than max_s, however late the
       attempt (no OverflowError). No jitter here: the chapter's worker adds it.
-    - The same error on the last attempt (``attempt >= max_attempts``): ``"dead"``.
-    - An error that is not retried: ``"dead"`` at once, whatever attempts are left.
-    - ``delay_s`` is 0 unless the action is ``"retry"``. For "retry" and "dead" the
-      reason names the error's type (``type(error).__name__``), so that the logs
-      and the dead letter say what went wrong.
+    - The same error on the last attempt (``attempt >= max_attempts``): ``"dead"``:
+      worth retrying, but out of attempts, so a human should look (a dead letter).
+    - An error that is not retried: ``"failed"`` at once, whatever attempts are left:
+      retrying a bad input fails the same way, and the caller gets the error.
+    - ``delay_s`` is 0 unless the action is ``"retry"``. For "retry", "failed" and
+      "dead" the reason names the error's type (``type(error).__name__``), so that the
+      logs, the caller and the dead letter say what went wrong.
     - An error that is not an Exception (CancelledError, KeyboardInterrupt,
       SystemExit) is never settled, whatever ``retry_on`` says: a cancelled job is
       handed back to the queue, as it is, by the code that was cancelled. Raise

@@ -45,9 +45,12 @@ class Decision(NamedTuple):
         Decision("retry", 4.0, "ConnectionError: reset (attempt 3/5 failed)")
     """
 
-    action: Literal["ack", "retry", "dead"]  # done / run it again later / give up on it
+    # done / run it again later / failed: an error not worth retrying, answered to the
+    # caller (the library's FAILED: no dead letter) / dead: out of attempts, given up on
+    # and dead-lettered (the library's DEAD)
+    action: Literal["ack", "retry", "failed", "dead"]
     delay_s: float = 0.0  # how long to wait before the next attempt; 0 unless "retry"
-    reason: str = ""  # for the logs and the dead-letter list; "" is fine for "ack"
+    reason: str = ""  # for the logs, the caller and the dead letter; "" is fine for "ack"
 
 
 def decide(
@@ -55,13 +58,13 @@ def decide(
     max_attempts: int,
     error: BaseException | None,
     *,
-    retry_on: tuple[type[Exception], ...] = (Exception,),
+    retry_on: tuple[type[Exception], ...],
     base_s: float = 1.0,
     max_s: float = 60.0,
 ) -> Decision:
-    """Ack, retry after exponential backoff, or give up on the attempt that just ended.
+    """Ack, retry after exponential backoff, fail, or give up on the attempt that just ended.
 
-        decide(2, 3, ConnectionError("reset"))      # Decision('retry', 2.0, 'ConnectionError...')
+        decide(2, 3, ConnectionError("reset"), retry_on=(OSError,))  # Decision('retry', 2.0, ...)
     """
     if attempt < 1 or max_attempts < 1:
         raise ValueError(
@@ -78,7 +81,8 @@ def decide(
         )
     what = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     if not isinstance(error, retry_on):
-        return Decision("dead", 0.0, f"{what} (not retried)")
+        # Not worth retrying: an answer for the caller (FAILED), not a dead letter.
+        return Decision("failed", 0.0, f"{what} (not retried)")
     if attempt >= max_attempts:
         return Decision("dead", 0.0, f"{what} (gave up after {attempt} attempts)")
     # 2.0 ** 1100 overflows a float: past 1000 doublings the cap has long won anyway.

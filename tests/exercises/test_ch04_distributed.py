@@ -452,10 +452,10 @@ def _refused(ex, args: tuple[Any, ...], kwargs: dict[str, Any], expected: type) 
 def test_decide_acks_a_success(ex):
     """No error: "ack", with no delay, on any attempt, the last one too."""
     for attempt in (1, 2, 3):
-        got = _decide(ex, attempt, 3, None)
+        got = _decide(ex, attempt, 3, None, retry_on=(OSError,))
         assert got.action == "ack" and got.delay_s == 0, (
-            f"decide({attempt}, 3, None) returned {got!r}, expected action 'ack', delay_s 0: "
-            "the attempt succeeded"
+            f"decide({attempt}, 3, None, retry_on=(OSError,)) returned {got!r}, expected action "
+            "'ack', delay_s 0: the attempt succeeded"
         )
 
 
@@ -463,11 +463,12 @@ def test_decide_acks_a_success(ex):
 def test_decide_retries_with_exponential_backoff(ex):
     """Retryable errors: "retry" after base_s, 2*base_s, 4*base_s... (1, 2, 4, 8, 16 s)."""
     for base_s, expected in ((1.0, [1, 2, 4, 8, 16]), (0.5, [0.5, 1, 2, 4, 8])):
-        got = [_decide(ex, a, 10, ConnectionError("reset"), base_s=base_s) for a in range(1, 6)]
+        got = [_decide(ex, a, 10, ConnectionError("reset"), retry_on=(ConnectionError,),
+                       base_s=base_s) for a in range(1, 6)]  # fmt: skip
         actions = [d.action for d in got]
         assert actions == ["retry"] * 5, (
-            f"attempts 1-5 of 10 failing with ConnectionError gave {actions}, expected 'retry' "
-            "each time: attempts are left and Exception is retried by default"
+            f"attempts 1-5 of 10 failing with ConnectionError (in retry_on) gave {actions}, "
+            "expected 'retry' each time: attempts are left"
         )
         delays = [d.delay_s for d in got]
         assert all(math.isclose(d, e) for d, e in zip(delays, expected, strict=True)), (
@@ -479,13 +480,15 @@ def test_decide_retries_with_exponential_backoff(ex):
 @pytest.mark.exercise("4.2")
 def test_decide_caps_the_delay_at_max_s(ex):
     """The delay never exceeds max_s, even for attempt 1100 (no OverflowError)."""
-    got = [_decide(ex, a, 20, OSError("down"), base_s=1, max_s=10).delay_s for a in (4, 5, 6, 19)]
+    got = [_decide(ex, a, 20, OSError("down"), retry_on=(OSError,), base_s=1, max_s=10).delay_s
+           for a in (4, 5, 6, 19)]  # fmt: skip
     assert all(math.isclose(d, e) for d, e in zip(got, [8, 10, 10, 10], strict=True)), (
         f"with base_s=1, max_s=10 the delays after attempts 4, 5, 6 and 19 were {got}, "
         "expected [8, 10, 10, 10]: min(max_s, base_s * 2 ** (attempt - 1))"
     )
     try:
-        late = _decide(ex, 1100, 2000, OSError("down"), base_s=0.5, max_s=10.0)
+        late = _decide(ex, 1100, 2000, OSError("down"), retry_on=(OSError,), base_s=0.5,
+                       max_s=10.0)  # fmt: skip
     except OverflowError:
         pytest.fail(
             "attempt 1100 of 2000 (base_s=0.5, max_s=10.0) raised OverflowError: 2 ** 1099 is "
@@ -499,30 +502,37 @@ def test_decide_caps_the_delay_at_max_s(ex):
 
 @pytest.mark.exercise("4.2")
 def test_decide_gives_up_when_the_last_attempt_fails(ex):
-    """attempt == max_attempts (or more) and an error: "dead", no delay, the type in the reason."""
+    """A retried error on the last attempt (or later): "dead", no delay, the type in the reason."""
     error = ConnectionError("reset")
     for attempt, max_attempts in ((3, 3), (1, 1), (5, 3)):
-        got = _decide(ex, attempt, max_attempts, error)
+        got = _decide(ex, attempt, max_attempts, error, retry_on=(ConnectionError,))
         assert got.action == "dead" and got.delay_s == 0, (
-            f"decide({attempt}, {max_attempts}, ConnectionError()) returned {got!r}, expected "
-            "action 'dead', delay_s 0: no attempt is left"
+            f"expected action 'dead', delay_s 0: no attempt is left after attempt {attempt} of "
+            f"{max_attempts}; decide({attempt}, {max_attempts}, ConnectionError(), "
+            f"retry_on=(ConnectionError,)) returned {got!r}"
         )
         assert "ConnectionError" in got.reason, (
             f"the reason for giving up, {got.reason!r}, does not name the error: ConnectionError"
         )
-    got = _decide(ex, 2, 3, error)
+    got = _decide(ex, 2, 3, error, retry_on=(ConnectionError,))
     assert got.action == "retry", (
-        f"decide(2, 3, ConnectionError()) returned {got!r}, expected 'retry': attempt 3 is left"
+        f"decide(2, 3, ConnectionError(), retry_on=(ConnectionError,)) returned {got!r}, "
+        "expected 'retry': attempt 3 is left"
     )
 
 
 @pytest.mark.exercise("4.2")
-def test_decide_buries_an_error_it_does_not_retry_at_once(ex):
-    """An error outside retry_on: "dead" on attempt 1 of 5, the type in the reason."""
+def test_decide_fails_an_error_it_does_not_retry_at_once(ex):
+    """An error outside retry_on: "failed" (not "dead") at once, the type in the reason."""
     got = _decide(ex, 1, 5, ValueError("no such user"), retry_on=(ConnectionError,))
-    assert got.action == "dead" and got.delay_s == 0, (
+    assert got.action != "dead", (
+        "expected 'failed', not 'dead': the library keeps 'dead' for a dead letter (out of "
+        "attempts); an error not worth retrying is FAILED, an answer for the caller. "
+        f"decide(1, 5, ValueError(), retry_on=(ConnectionError,)) returned {got!r}"
+    )
+    assert got.action == "failed" and got.delay_s == 0, (
         f"decide(1, 5, ValueError(), retry_on=(ConnectionError,)) returned {got!r}, expected "
-        "'dead' at once: retrying the same bad input fails the same way"
+        "'failed' at once: retrying the same bad input fails the same way"
     )
     assert "ValueError" in got.reason, (
         f"the reason {got.reason!r} does not say which error: ValueError"
@@ -536,7 +546,7 @@ def test_decide_retries_subclasses_of_retry_on(ex):
         ((OSError,), ConnectionRefusedError("refused"), "retry"),
         ((OSError,), TimeoutError("slow"), "retry"),  # TimeoutError is an OSError
         ((KeyError, ConnectionError), ConnectionResetError("reset"), "retry"),
-        ((ConnectionError,), OSError("disk full"), "dead"),  # a base class is not a subclass
+        ((ConnectionError,), OSError("disk full"), "failed"),  # a base class is no subclass
     ]
     for retry_on, error, expected in cases:
         got = _decide(ex, 1, 3, error, retry_on=retry_on)
@@ -549,15 +559,15 @@ def test_decide_retries_subclasses_of_retry_on(ex):
 
 @pytest.mark.exercise("4.2")
 def test_decide_names_the_error_type_in_the_reason(ex):
-    """The reason of a retry and of a dead job names the error's type (a custom one too)."""
+    """The reason of a retry, a failed and a dead job names the error's type (a custom one too)."""
 
     class PaymentDeclined(Exception):
         pass
 
     error = PaymentDeclined("card expired")
     for args, kwargs, what in (
-        ((1, 3, error), {}, "a retry"),
-        ((3, 3, error), {}, "giving up after the last attempt"),
+        ((1, 3, error), {"retry_on": (PaymentDeclined,)}, "a retry"),
+        ((3, 3, error), {"retry_on": (PaymentDeclined,)}, "giving up after the last attempt"),
         ((1, 3, error), {"retry_on": (ConnectionError,)}, "an error that is not retried"),
     ):
         got = _decide(ex, *args, **kwargs)
@@ -571,7 +581,7 @@ def test_decide_names_the_error_type_in_the_reason(ex):
 def test_decide_refuses_to_settle_a_cancellation(ex):
     """CancelledError, KeyboardInterrupt, SystemExit: TypeError, whatever retry_on says."""
     for error in (asyncio.CancelledError(), KeyboardInterrupt(), SystemExit(1)):
-        for kwargs in ({}, {"retry_on": (BaseException,)}):
+        for kwargs in ({"retry_on": (Exception,)}, {"retry_on": (BaseException,)}):
             args = (1, 3, error)
             wrong = _refused(ex, args, kwargs, TypeError)
             assert wrong is None, (
@@ -583,9 +593,10 @@ def test_decide_refuses_to_settle_a_cancellation(ex):
 @pytest.mark.exercise("4.2")
 def test_decide_refuses_attempts_below_1(ex):
     """attempt 0 or max_attempts 0: ValueError (attempts count from 1)."""
+    kwargs = {"retry_on": (ValueError,)}
     for args in ((0, 3, None), (1, 0, None), (0, 3, ValueError("x"))):
-        wrong = _refused(ex, args, {}, ValueError)
-        assert wrong is None, f"{_call(args, {})} {wrong}, expected ValueError"
+        wrong = _refused(ex, args, kwargs, ValueError)
+        assert wrong is None, f"{_call(args, kwargs)} {wrong}, expected ValueError"
 
 
 # --- 4.3 apply_payment ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ EXERCISE = "4.2"
 EXPECT = "OverflowError"
 
 
-def decide(attempt, max_attempts, error, *, retry_on=(Exception,), base_s=1.0, max_s=60.0):
+def decide(attempt, max_attempts, error, *, retry_on, base_s=1.0, max_s=60.0):
     if attempt < 1 or max_attempts < 1:
         raise ValueError("attempt and max_attempts count from 1")
     if error is None:
@@ -15,6 +15,8 @@ def decide(attempt, max_attempts, error, *, retry_on=(Exception,), base_s=1.0, m
     if not isinstance(error, Exception):
         raise TypeError("not a failure: hand the job back")
     what = f"{type(error).__name__}: {error}"
-    if not isinstance(error, retry_on) or attempt >= max_attempts:
+    if not isinstance(error, retry_on):
+        return Decision("failed", 0.0, what)
+    if attempt >= max_attempts:
         return Decision("dead", 0.0, what)
     return Decision("retry", min(max_s, base_s * 2.0 ** (attempt - 1)), what)
