@@ -1,14 +1,16 @@
 """Chapter 4: a distributed task queue that loses nothing.
 
-Edit the code below, then run ``check("4.1")``, ``check("4.2")`` and ``check("4.3")``
-in notebooks/04_distributed_queue.ipynb.
+Edit the code below, then run ``check("4.1")`` ... ``check("4.4")`` in
+notebooks/04_distributed_queue.ipynb.
 """
 
 from __future__ import annotations
 
-__all__ = ["Decision", "ack", "apply_payment", "claim", "decide"]
+__all__ = ["Decision", "ack", "apply_payment", "claim", "consume", "decide", "entries"]
 
-from typing import Literal, NamedTuple
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, NamedTuple
 
 import redis.asyncio
 
@@ -140,3 +142,61 @@ async def apply_payment(
       expires.
     """
     raise NotImplementedError("Exercise 4.3: apply_payment")
+
+
+def entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    """The ``(entry_id, fields)`` pairs of an XREADGROUP reply, in order (given: use it).
+
+        entries(await redis.xreadgroup("workers", "w1", {"jobs": ">"}, count=2))
+        # [(b'1-0', {b'n': b'0'}), (b'2-0', {b'n': b'1'})]; [] when nothing came
+
+    XAUTOCLAIM's reply is ``[next_start_id, [(entry_id, fields), ...], deleted_ids]``:
+    its second item is that list already.
+    """
+    streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
+    return [(entry_id, fields) for _, found in streams for entry_id, fields in found]
+
+
+async def consume(
+    redis: redis.asyncio.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    handle: Callable[[bytes, dict[bytes, bytes]], Awaitable[object]],
+    *,
+    stop: asyncio.Event,
+    count: int = 10,
+    block_ms: int = 1_000,
+    min_idle_ms: int = 30_000,
+) -> int:
+    """Exercise 4.4: the consumer loop: read, handle, ack; take over a dead consumer's entries.
+
+        stop = asyncio.Event()
+        await redis.xgroup_create("jobs", "workers", id="0", mkstream=True)
+        acked = await consume(redis, "jobs", "workers", "w1", handle, stop=stop)
+
+    ``consumer`` is this consumer's name in ``group`` (which exists already) on
+    ``stream``. ``await handle(entry_id, fields)`` handles one entry, one at a time.
+    Return the number of entries acked, once ``stop`` is set and the loop has ended.
+
+    - First, the entries this consumer was given before (it crashed and was restarted
+      under the same name) and never acked: ``">"`` never returns them again. Read them
+      with ``XREADGROUP ... STREAMS stream 0``, ``count`` at a time, and handle them;
+      then go on from the last id you got (not from 0: an entry whose handler fails
+      stays pending, and would come back at once, for ever).
+    - Then, until ``stop`` is set, each turn: take over up to ``count`` entries idle for
+      ``min_idle_ms`` or more (``XAUTOCLAIM``, from ``0-0``: their consumer died, or
+      their handler failed) and handle them; then read up to ``count`` new ones
+      (``XREADGROUP ... COUNT count BLOCK block_ms STREAMS stream >``) and handle them.
+    - Ack an entry (``XACK``) only once its ``handle()`` has returned: acked earlier, a
+      crash loses it. If ``handle()`` raises an Exception, leave the entry pending (it
+      is retried when reclaimed, after ``min_idle_ms``) and go on with the next. A
+      cancellation is no Exception: let it propagate (the entry stays pending).
+    - ``stop`` is seen within one ``block_ms``: check it before each read; once set,
+      read nothing more, finish the entries already read, and return. ``count`` or
+      ``block_ms`` below 1: ValueError, before any command (``BLOCK 0`` waits for ever
+      on an idle stream).
+    - Two consumers at once never handle an entry twice unless one crashed: a live
+      consumer's entries are never idle for ``min_idle_ms``.
+    """
+    raise NotImplementedError("Exercise 4.4: consume")

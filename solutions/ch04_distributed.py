@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["Decision", "ack", "apply_payment", "claim", "decide"]
+__all__ = ["Decision", "ack", "apply_payment", "claim", "consume", "decide", "entries"]
 
-from typing import Literal, NamedTuple
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, NamedTuple
 
 import redis.asyncio
 
@@ -117,3 +119,68 @@ async def apply_payment(
     script = redis.register_script(_APPLY)
     keys = [f"applied:{payment_id}", f"balance:{account}"]
     return int(await script(keys=keys, args=[amount, ttl_s]))
+
+
+def entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes] | None]]:
+    """The ``(entry_id, fields)`` pairs of an XREADGROUP reply, in order (given)."""
+    streams = reply.items() if isinstance(reply, dict) else (reply or [])  # RESP3 / RESP2
+    return [(entry_id, fields) for _, found in streams for entry_id, fields in found]
+
+
+async def consume(
+    redis: redis.asyncio.Redis,
+    stream: str,
+    group: str,
+    consumer: str,
+    handle: Callable[[bytes, dict[bytes, bytes]], Awaitable[object]],
+    *,
+    stop: asyncio.Event,
+    count: int = 10,
+    block_ms: int = 1_000,
+    min_idle_ms: int = 30_000,
+) -> int:
+    """Handle the group's entries, ack each once handled, take over a dead consumer's.
+
+        await consume(redis, "jobs", "workers", "w1", handle, stop=stop)   # 42: acked
+    """
+    if count < 1 or block_ms < 1:
+        raise ValueError(f"count and block_ms must be at least 1, not {count!r}, {block_ms!r}")
+    acked = 0
+
+    async def settle(batch: list[tuple[bytes, dict[bytes, bytes] | None]]) -> None:
+        nonlocal acked
+        for entry_id, fields in batch:
+            if fields is None:  # deleted from the stream while pending: nothing to run
+                await redis.xack(stream, group, entry_id)
+                continue
+            try:
+                await handle(entry_id, fields)
+            except Exception:
+                # Left pending: reclaimed after min_idle_ms, by anyone. A cancel (a
+                # BaseException) goes on up, and leaves the entry pending too.
+                continue
+            # Only now: an ack before the handler ends would lose the entry to a crash.
+            acked += await redis.xack(stream, group, entry_id)
+
+    # What this consumer was given before a restart, under its name, and never acked:
+    # ">" would never return it again. From "0", then past the last one seen, so that
+    # an entry whose handler fails does not come back at once.
+    after = "0"
+    while batch := entries(await redis.xreadgroup(group, consumer, {stream: after}, count=count)):
+        await settle(batch)
+        after = batch[-1][0]
+    while not stop.is_set():
+        # Entries idle for min_idle_ms: their consumer died (or its handler failed).
+        _, claimed, *_ = await redis.xautoclaim(
+            stream, group, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
+        )
+        await settle(claimed)
+        if stop.is_set():
+            break
+        # A finite BLOCK: the loop sees stop within one. BLOCK 0 waits for ever on an
+        # idle stream, and cancelling that read instead could lose what it delivers.
+        reply = await redis.xreadgroup(
+            group, consumer, {stream: ">"}, count=count, block=block_ms
+        )
+        await settle(entries(reply))
+    return acked

@@ -1,4 +1,4 @@
-"""Grading tests for exercises 4.1-4.3 (notebooks/04_distributed_queue.ipynb).
+"""Grading tests for exercises 4.1-4.4 (notebooks/04_distributed_queue.ipynb).
 
 Every test runs on a fakeredis server of its own, so no check sees another's keys and
 no Redis server is needed. Each worker is a client with its own connection, and what
@@ -15,7 +15,10 @@ crashes a real deployment has:
   _Died instead of reaching the server. Whatever the server holds then is what a
   crash would leave.
 
-The tests of 4.2 are plain function calls, with no loop at all.
+The tests of 4.2 are plain function calls, with no loop at all. Those of 4.4 run on
+looptime's virtual clock, which fakeredis's BLOCK follows; the idle time of a pending
+entry is the server's own (real) clock, so a test that needs an entry idle for minutes
+sets its idle time with XCLAIM ... IDLE, as a real server would let it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 import fakeredis
 import pytest
-from _support import _async, _outcome, _said, _within
+from _support import _async, _outcome, _raise_if_failed, _said, _stop, _within
 
 from course_lib.redis import PROTOCOL
 
@@ -92,7 +95,8 @@ class _Wire:
         if len(self.sent) >= _MAX_ROUND_TRIPS:
             pytest.fail(
                 f"over {_MAX_ROUND_TRIPS:,} commands sent for a few jobs: does it loop forever "
-                "(say, on an empty list, where LMOVE returns None)?"
+                "(say, on an empty list, where LMOVE returns None, or reading a stream with no "
+                "BLOCK)?"
             )
         await self.pause()
         self.sent.append(" ".join(names))
@@ -733,3 +737,311 @@ async def test_the_record_of_a_payment_expires_and_the_balance_never(ex):
             assert low <= ttl <= high, f"{key} expires in {ttl} s, expected {high} (ttl_s)"
         ttl = await lab.redis.ttl("balance:alice")
         assert ttl == -1, f"balance:alice expires in {ttl} s: money must not vanish; no TTL on it"
+
+
+# --- 4.4 consume ---------------------------------------------------------------------------
+
+STREAM, GROUP = "jobs:stream", "workers"
+_CONSUME_HANGS = (
+    "never BLOCK 0 (on an idle stream that read never returns), and check stop before each "
+    "read: consume() still ran 60 s after stop was set"
+)
+
+
+async def _stream(lab: _Lab, n: int) -> list[bytes]:
+    """A stream of ``n`` entries {n: i} and the group, reading from the start; their ids."""
+    await lab.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    pipe = lab.redis.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(STREAM, {"n": i})
+    return list(await pipe.execute()) if n else []
+
+
+class _Handler:
+    """A ``handle(entry_id, fields)`` that records what it is given.
+
+    ``done`` (shared between handlers if given): the numbers of the entries whose handler
+    returned; ``stop`` is set once it holds ``until`` of them. ``fail``: numbers whose
+    handler raises. ``hold``: numbers whose handler never returns (``started`` is set).
+    ``lab``: look, as each call starts, whether its entry is still pending.
+    """
+
+    def __init__(self, stop: asyncio.Event, *, until: int | None = None,
+                 done: list[int] | None = None, fail: Iterable[int] = (),
+                 hold: Iterable[int] = (), lab: _Lab | None = None) -> None:  # fmt: skip
+        self.stop, self.until = stop, until
+        self.done = [] if done is None else done
+        self.fail, self.hold, self.lab = set(fail), set(hold), lab
+        self.calls: list[int] = []
+        self.acked_already: list[int] = []
+        self.started = asyncio.Event()
+
+    async def __call__(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        n = int(fields[b"n"])
+        self.calls.append(n)
+        if self.lab is not None:
+            rows = await self.lab.redis.xpending_range(STREAM, GROUP, entry_id, entry_id, 1)
+            if not rows:
+                self.acked_already.append(n)
+        await asyncio.sleep(0)  # a handler does I/O: others run meanwhile
+        if n in self.hold:
+            self.started.set()
+            await asyncio.Event().wait()
+        if n in self.fail:
+            raise ValueError(f"entry {n} is bad")
+        self.done.append(n)
+        if self.until is not None and len(self.done) >= self.until:
+            self.stop.set()
+
+
+async def _consume(ex, client, consumer: str, handle: _Handler, *, limit_s: float = 5.0,
+                   **options: Any) -> int:  # fmt: skip
+    """``ex.consume(...)`` until its handler sets stop, or ``limit_s`` (virtual) seconds."""
+    options = {"block_ms": 100, "min_idle_ms": 60_000} | options
+    timer = asyncio.get_running_loop().call_later(limit_s, handle.stop.set)
+    try:
+        return await _within(
+            limit_s + 60,
+            ex.consume(client, STREAM, GROUP, consumer, handle, stop=handle.stop, **options),
+            _CONSUME_HANGS,
+        )
+    finally:
+        timer.cancel()
+
+
+async def _pending(lab: _Lab) -> dict[int, str]:
+    """The pending entries: {number: consumer}."""
+    rows = await lab.redis.xpending_range(STREAM, GROUP, "-", "+", 10_000)
+    numbers = {}
+    for row in rows:
+        found = await lab.redis.xrange(STREAM, row["message_id"], row["message_id"])
+        numbers[int(found[0][1][b"n"])] = row["consumer"].decode()
+    return numbers
+
+
+async def _age(lab: _Lab, idle_ms: int = 120_000) -> None:
+    """Make every pending entry look idle for ``idle_ms``, its consumer unchanged."""
+    for row in await lab.redis.xpending_range(STREAM, GROUP, "-", "+", 10_000):
+        await lab.redis.xclaim(STREAM, GROUP, row["consumer"], 0, [row["message_id"]],
+                               idle=idle_ms, justid=True)  # fmt: skip
+
+
+@_async
+@pytest.mark.exercise("4.4")
+async def test_consume_handles_new_entries_and_acks_each(ex):
+    """5 entries: each handled once, in order, and acked; consume() returns 5 once stopped."""
+    async with _Lab() as lab:
+        await _stream(lab, 5)
+        handle = _Handler(asyncio.Event(), until=5)
+        got = await _consume(ex, lab.redis, "A", handle, count=2)
+        assert handle.calls == [0, 1, 2, 3, 4], (
+            "read new entries with XREADGROUP ... STREAMS stream >, COUNT count at a time: the "
+            f"handler was called for entries {handle.calls}, expected [0, 1, 2, 3, 4]"
+        )
+        left = await _pending(lab)
+        assert not left, (
+            f"XACK each entry once handle() has returned: entries {sorted(left)} are still "
+            "pending after their handler returned"
+        )
+        assert got == 5, f"consume() returned {got!r}, expected 5: the number of entries acked"
+
+
+@pytest.mark.exercise("4.4")
+def test_consume_refuses_count_or_block_below_1(ex):
+    """count=0 or block_ms=0: ValueError (BLOCK 0 waits for ever), before any command."""
+    for options in ({"count": 0}, {"block_ms": 0}, {"block_ms": -1}):
+        coro = ex.consume(None, STREAM, GROUP, "A", None, stop=asyncio.Event(), **options)
+        try:
+            coro.send(None)
+        except NotImplementedError:
+            raise
+        except ValueError:
+            continue
+        except Exception as exc:
+            pytest.fail(f"consume({options}) raised {exc!r} before ValueError: check the "
+                        "arguments first")  # fmt: skip
+        except StopIteration:
+            pytest.fail(f"consume({options}) returned: expected ValueError")
+        finally:
+            coro.close()
+        pytest.fail(f"consume({options}) went on to send a command: expected ValueError first "
+                    "(BLOCK 0 is a read that never returns on an idle stream)")  # fmt: skip
+
+
+@_async
+@pytest.mark.exercise("4.4")
+async def test_an_entry_is_acked_only_after_its_handler_returns(ex):
+    """No entry is acked before its handler returned; one whose handler raised stays pending."""
+    async with _Lab() as lab:
+        await _stream(lab, 5)
+        handle = _Handler(asyncio.Event(), until=4, fail={2}, lab=lab)
+        await _consume(ex, lab.redis, "A", handle)
+        assert not handle.acked_already, (
+            "XACK only once handle() has returned: entries "
+            f"{handle.acked_already} were acked before their handler ran (a crash loses them)"
+        )
+        assert sorted(handle.done) == [0, 1, 3, 4], (
+            "catch the handler's Exception and go on with the next entry: with entry 2's "
+            f"handler raising, those of {sorted(handle.done)} returned, expected [0, 1, 3, 4]"
+        )
+        left = await _pending(lab)
+        assert left == {2: "A"}, (
+            "an entry whose handler raised stays pending (no XACK), reclaimed after "
+            f"min_idle_ms; the others are acked. Pending: {left}, expected {{2: 'A'}}"
+        )
+
+
+@_async
+@pytest.mark.exercise("4.4")
+async def test_a_cancelled_consumers_entry_is_reclaimed_after_min_idle(ex):
+    """A consumer cancelled mid-handler leaves the entry pending; another takes it once idle."""
+    async with _Lab() as lab:
+        await _stream(lab, 3)
+        hung = _Handler(asyncio.Event(), hold={0}, lab=lab)
+        a = asyncio.create_task(ex.consume(await lab.worker(_Wire()), STREAM, GROUP, "A", hung,
+                                           stop=hung.stop, count=1, block_ms=100))  # fmt: skip
+        try:
+            await _within(60, asyncio.wait([a, asyncio.ensure_future(hung.started.wait())],
+                                           return_when=asyncio.FIRST_COMPLETED),
+                          "consume() never called the handler of the first entry")  # fmt: skip
+            _raise_if_failed(a)
+        finally:
+            await _stop(a)
+        assert not hung.acked_already, (
+            "XACK only once handle() has returned: entry 0 was acked before its handler ran, "
+            "lost when A crashed (here: was cancelled)"
+        )
+        left = await _pending(lab)
+        assert left.get(0) == "A", (
+            "leave an entry unacked until its handler returns: A was cancelled in entry 0's "
+            f"handler, and entry 0 is not pending for A (pending: {left})"
+        )
+        # B starts at once: A's entry has been idle for milliseconds only.
+        fresh = _Handler(asyncio.Event(), until=2)
+        await _consume(ex, await lab.worker(), "B", fresh, limit_s=2)
+        assert 0 not in fresh.calls, (
+            "pass min_idle_time=min_idle_ms to XAUTOCLAIM, or live consumers' entries run "
+            "twice: B took A's entry 0, idle for a few ms only (min_idle_ms=60000)"
+        )
+        await _age(lab)  # A's entry: idle for 2 minutes now
+        late = _Handler(asyncio.Event(), until=1)
+        await _consume(ex, await lab.worker(), "B", late, limit_s=5)
+        assert 0 in late.done, (
+            "a dead consumer's entries stay pending for ever: XAUTOCLAIM those idle for "
+            "min_idle_ms, each turn. B never took A's entry 0, idle for 2 minutes"
+        )
+        assert not await _pending(lab), f"still pending at the end: {await _pending(lab)}"
+
+
+@_async
+@pytest.mark.exercise("4.4")
+async def test_a_consumer_dying_after_any_command_loses_no_entry(ex):
+    """A consumer dies after any command: nothing acked unhandled; another finishes the rest."""
+    for dies_after in range(40):
+        async with _Lab() as lab:
+            await _stream(lab, 3)
+            done: list[int] = []
+            wire = _Wire(dies_after=dies_after)
+            first = _Handler(asyncio.Event(), until=3, done=done, lab=lab)
+            try:
+                await _consume(ex, await lab.worker(wire), "A", first)
+            except _Died:
+                pass
+            info = (await lab.redis.xinfo_groups(STREAM))[0]
+            last = info["last-delivered-id"]
+            left = await _pending(lab)
+            read = [int(f[b"n"]) for _, f in await lab.redis.xrange(STREAM, "-", last)]
+            acked = [n for n in read if n not in left]
+            unhandled = [n for n in acked if n not in done]
+            assert not unhandled, (
+                "XACK each entry only after handle() returns: a consumer that died "
+                f"{wire.last} had acked entries {unhandled}, never handled: lost"
+            )
+            await _age(lab)
+            second = _Handler(asyncio.Event(), until=3, done=done)
+            await _consume(ex, await lab.worker(), "B", second)
+            never = sorted(set(range(3)) - set(done))
+            assert not never, (
+                "reclaim idle entries with XAUTOCLAIM: after a consumer died "
+                f"{wire.last}, another never handled entries {never}, idle for 2 minutes"
+            )
+            left = await _pending(lab)
+            assert not left, f"after both consumers, entries {left} are still pending"
+            if not wire.died:  # the run ended before its turn to die: every step tried
+                return
+
+
+@_async
+@pytest.mark.exercise("4.4")
+async def test_a_restarted_consumer_handles_its_own_pending_entries_first(ex):
+    """Restarted under its name, A first handles the 3 entries it read before, then the new."""
+    async with _Lab() as lab:
+        await _stream(lab, 5)
+        await lab.redis.xreadgroup(GROUP, "A", {STREAM: ">"}, count=3)  # then A crashed
+        handle = _Handler(asyncio.Event(), until=5)
+        await _consume(ex, lab.redis, "A", handle, limit_s=3)
+        missed = [n for n in range(3) if n not in handle.calls]
+        assert not missed, (
+            "read own pending entries first (XREADGROUP with id 0; '>' gives only new ones): "
+            f"A, restarted, never handled entries {missed}, read before its restart"
+        )
+        assert handle.calls == [0, 1, 2, 3, 4], (
+            "its own pending entries first, then the new ones, each once: A handled "
+            f"{handle.calls}, expected [0, 1, 2, 3, 4]"
+        )
+
+
+@_async
+@pytest.mark.exercise("4.4")
+async def test_stop_is_honoured_within_one_block(ex):
+    """stop set while consume() waits on an idle stream: it returns within one block_ms."""
+    async with _Lab() as lab:
+        await _stream(lab, 0)
+        loop = asyncio.get_running_loop()
+        handle = _Handler(asyncio.Event())
+        task = asyncio.create_task(ex.consume(await lab.worker(_Wire()), STREAM, GROUP, "A",
+                                              handle, stop=handle.stop, block_ms=200))  # fmt: skip
+        try:
+            await asyncio.sleep(1.05)
+            _raise_if_failed(task)
+            handle.stop.set()
+            stopped_at = loop.time()
+            await _within(60, asyncio.shield(task), _CONSUME_HANGS)
+            waited_ms = (loop.time() - stopped_at) * 1000
+        finally:
+            await _stop(task)
+        assert waited_ms <= 200 + 1, (
+            "pass BLOCK block_ms to XREADGROUP, and check stop before each read: consume() "
+            f"returned {waited_ms:.0f} ms after stop was set (block_ms=200)"
+        )
+
+
+@_async
+@pytest.mark.exercise("4.4")
+async def test_two_consumers_handle_1000_entries_exactly_once(ex):
+    """Two consumers at once, 1,000 entries: each handled exactly once, all acked."""
+    async with _Lab() as lab:
+        await _stream(lab, 1000)
+        rng = random.Random(4)
+        done: list[int] = []
+        stop = asyncio.Event()
+        handlers = [_Handler(stop, until=1000, done=done) for _ in range(2)]
+        clients = [await lab.worker(_Wire(yields=partial(rng.randint, 0, 2))) for _ in range(2)]
+        got = await _at_once(
+            (_consume(ex, c, name, h, limit_s=60, count=10)
+             for c, name, h in zip(clients, "AB", handlers, strict=True)),
+            _CONSUME_HANGS,
+        )  # fmt: skip
+        counts = Counter(done)
+        twice = sorted(n for n, k in counts.items() if k > 1)
+        assert not twice, (
+            "XAUTOCLAIM only entries idle for min_idle_ms, never a live consumer's: "
+            f"{len(twice)} of 1,000 entries were handled twice with no crash (say {twice[:3]})"
+        )
+        never = 1000 - len(counts)
+        assert not never, f"{never} of 1,000 entries were never handled by either consumer"
+        left = await _pending(lab)
+        assert not left, f"{len(left)} entries still pending after both consumers stopped"
+        assert sum(got) == 1000, (
+            f"the two consume() calls returned {got}, expected a sum of 1000: the entries acked"
+        )
