@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # PyPI name -> conda-forge name, where they differ; extras become packages.
 CONDA_NAMES = {"redis": "redis-py"}
 EXTRA_PACKAGES = {"redis[hiredis]": ["hiredis"], "fakeredis[lua]": ["lupa"]}
+# Not Python packages: conda installs them, pip cannot (a real server for chapter 4).
+SERVERS = {"redis-server"}
 
 
 def _name(requirement: str) -> str:
@@ -50,7 +52,7 @@ def test_every_pyproject_dependency_is_in_environment_yml():
 
 def test_environment_yml_has_nothing_pyproject_does_not_ask_for():
     conda, pip, _ = _environment()
-    known = {"python", "pip"}
+    known = {"python", "pip"} | SERVERS
     for requirement in _pyproject_requirements():
         name = _name(requirement)
         known |= {name, CONDA_NAMES.get(name, name)}
