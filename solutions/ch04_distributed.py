@@ -178,7 +178,8 @@ async def consume(
         if stop.is_set():
             break
         # A finite BLOCK: the loop sees stop within one. BLOCK 0 waits for ever on an
-        # idle stream, and cancelling that read instead could lose what it delivers.
+        # idle stream, and cancelling that read instead could strand what Redis has
+        # delivered already in our PEL, unseen until reclaimed.
         reply = await redis.xreadgroup(
             group, consumer, {stream: ">"}, count=count, block=block_ms
         )
