@@ -12,12 +12,17 @@ key                            type    holds
 ``cq:{q}:stream``              stream  jobs to run, one entry each: ``job`` = the JSON
                                        envelope. Consumer group ``workers`` (``GROUP``).
                                        An entry is deleted (XDEL) when it is settled, so
-                                       the stream holds only what is queued or running.
+                                       the stream holds only what is queued or running:
+                                       a work buffer, not a log. A second group on it
+                                       sees only those; fan-out (an audit, an indexer)
+                                       reads a stream of its own.
 ``cq:{q}:delayed``             zset    retries waiting for their turn: member = the next
                                        attempt's envelope, score = when it is due (epoch
                                        seconds). Moved back to the stream by a Lua script.
 ``cq:{q}:dead``                stream  the dead-letter stream: jobs given up on, and
                                        entries that were not jobs at all, with the reason.
+                                       Keeps about ``Worker(max_dead_letters=)``, the
+                                       newest (the oldest are trimmed as letters come).
 ``cq:{q}:job:<id>``            hash    the job's record: status, attempt, result or error
                                        (fields below). Its existence makes an id taken:
                                        enqueueing the same id again is a no-op until the
@@ -70,7 +75,8 @@ JOB_FIELDS = {
     "attempt": "the attempt running or last run, from 1",
     "max_attempts": "attempts allowed in all",
     "enqueued_at": "epoch seconds, when the client enqueued it",
-    "entry": "the stream entry id it was last added as",
+    "entry": "the stream entry id it was last added as (enqueue, a retry moved back, a "
+             "hand-back, a requeue): while queued or running, the live one",
     "worker": "the consumer name of the worker that last ran it",
     "started_at": "epoch seconds, start of the last attempt",
     "finished_at": "epoch seconds, when it ended (done, failed or dead)",

@@ -258,11 +258,25 @@ class Queue:
     async def move_due(self, *, now_s: float | None = None, limit: int = 100) -> int:
         """Move up to ``limit`` retries due by ``now_s`` (epoch s) back to the stream; how many.
 
-        Workers call this; it is atomic, so any number may run it at once.
+        Workers call this; any number may run it at once: it reads the due ones, then
+        one script moves each that is still there (and names its new entry in the
+        job's record), so each retry is moved once.
         """
         now_s = time.time() if now_s is None else now_s
-        return int(await self._move_due(keys=[self.keys.delayed, self.keys.stream],
-                                        args=[repr(now_s), limit]))
+        due = await self.redis.zrangebyscore(self.keys.delayed, "-inf", repr(now_s), start=0,
+                                             num=limit)
+        if not due:
+            return 0
+        records = [self._record_of(member) for member in due]
+        return int(await self._move_due(keys=[self.keys.delayed, self.keys.stream, *records],
+                                        args=due))
+
+    def _record_of(self, member: Any) -> str:
+        """The record key of a delayed retry; the stream's for a member that is no job."""
+        try:
+            return self.keys.job(Job.decode(member).id)
+        except InvalidJob:
+            return self.keys.stream
 
     async def counts(self) -> QueueCounts:
         """Stream length, pending, lag, delayed retries and dead letters, from Redis."""

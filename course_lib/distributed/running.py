@@ -78,6 +78,7 @@ class _Running:
     retry_max_s: float
     retry_jitter: str
     result_ttl_s: float
+    max_dead_letters: int | None
     cancel_timeout_s: float
     reconnect_base_s: float
     reconnect_max_s: float
@@ -452,7 +453,8 @@ class _Running:
         is retried one delivery at a time, so that one does not hold back the rest.
         """
         keys = [self.keys.stream, self.keys.delayed, self.keys.dead]
-        args = [self.keys.group, max(1, round(self.result_ttl_s * 1000)), repr(time.time())]
+        args = [self.keys.group, max(1, round(self.result_ttl_s * 1000)), repr(time.time()),
+                self.max_dead_letters or 0]
         for k, a, _ in batch:
             keys += k
             args += a

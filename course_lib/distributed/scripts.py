@@ -20,13 +20,14 @@ read and backs off) wait for memory.
 Who runs which: ``Queue`` runs ENQUEUE, MOVE_DUE and REQUEUE_DEAD; ``Worker``
 runs START, HEARTBEAT and SETTLE, each on a batch: one call marks all the
 jobs of a read running, beats all the entries it runs, or settles all the
-deliveries that ended together (each one still gated by its own pending check).
+deliveries that ended together (each one still gated by its own pending check);
+and FORGET_CONSUMERS, now and then, for the consumers crashed workers left.
 """
 
 from __future__ import annotations
 
-__all__ = ["ENQUEUE", "HEARTBEAT", "MOVE_DUE", "REQUEUE_DEAD", "SETTLE", "SETTLE_FLAGS", "START",
-           "Script"]
+__all__ = ["ENQUEUE", "FORGET_CONSUMERS", "HEARTBEAT", "MOVE_DUE", "REQUEUE_DEAD", "SETTLE",
+           "SETTLE_FLAGS", "START", "Script"]
 
 from typing import Any
 
@@ -57,17 +58,30 @@ redis.call('HSET', KEYS[1], 'status', 'queued', 'task', ARGV[2], 'attempt', ARGV
 return entry
 """
 
-# Atomic because ZRANGEBYSCORE, XADD and ZREM must run with nothing in between:
-# two workers moving at once would otherwise both read the same due jobs and move
-# each one twice (a ZRANGEBYSCORE-then-ZREM from the client lets both read them).
+# Atomic because the check, XADD and ZREM must run with nothing in between: two
+# workers moving at once both read the same due jobs (the client reads them, to name
+# their records in KEYS), and each job must be moved once: the one that finds it still
+# in the set moves it, the other skips it. The record names its new entry, in the same
+# step, so ``entry`` is never a deleted one.
 MOVE_DUE = """
--- KEYS[1] delayed zset, KEYS[2] stream; ARGV[1] now (epoch s), ARGV[2] at most this many
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
-for _, job in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', 'job', job)
-  redis.call('ZREM', KEYS[1], job)
+-- KEYS[1] delayed zset, KEYS[2] stream, then per job: its record (the stream again when
+--   the member is no job: no record to update)
+-- ARGV: the due members, read by the client (ZRANGEBYSCORE), in KEYS[3..] order
+local moved = 0
+for i, job in ipairs(ARGV) do
+  -- XADD before ZREM: out of memory, Redis refuses a script's first write that may
+  -- grow memory (and none after it): a ZREM first would let the XADD through.
+  if redis.call('ZSCORE', KEYS[1], job) then
+    local entry = redis.call('XADD', KEYS[2], '*', 'job', job)
+    redis.call('ZREM', KEYS[1], job)
+    local record = KEYS[i + 2]
+    if record ~= KEYS[2] and redis.call('EXISTS', record) == 1 then
+      redis.call('HSET', record, 'entry', entry)
+    end
+    moved = moved + 1
+  end
 end
-return #due
+return moved
 """
 
 # Atomic because a record must not change between reading its status and marking
@@ -145,6 +159,22 @@ end
 return lost
 """
 
+# Atomic because "holds nothing" and the delete must not be split: XGROUP DELCONSUMER
+# drops the consumer's pending entries with it, and an entry no consumer holds is never
+# delivered again (nor reclaimed): its job would be lost. Checked here, at the delete.
+FORGET_CONSUMERS = """
+-- KEYS[1] stream; ARGV[1] group, ARGV[2..] consumers found idle (by the client)
+-- Deletes each one that holds no pending entry now; returns the names deleted.
+local gone = {}
+for i = 2, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[i]) == 0 then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[i])
+    gone[#gone + 1] = ARGV[i]
+  end
+end
+return gone
+"""
+
 # Atomic because the ack and what follows it (result, retry, dead letter, wake-up
 # token) must happen together or not at all: a crash between them would lose the
 # job (acked, nothing written) or run it twice (written, not acked). And the
@@ -160,8 +190,8 @@ SETTLE = """
 -- KEYS[1] stream, KEYS[2] delayed zset, KEYS[3] dead-letter stream, then two keys
 --   per delivery: its job record and done list (the stream twice when it has no job).
 -- ARGV[1] group, ARGV[2] ttl in ms of a final record and its token, ARGV[3] now
---   (epoch s: finished_at of the jobs that returned), then per delivery: entry id,
---   kind, and what that kind takes:
+--   (epoch s: finished_at of the jobs that returned), ARGV[4] dead letters to keep,
+--   about (0: all), then per delivery: entry id, kind, and what that kind takes:
 --   'done' result                   the job returned (the common case, kept short)
 --   'ack'                           only ack it (a duplicate of an ended job)
 --   'end'  n, n record args, m, m dead-letter args (m may be 0): failed or dead
@@ -226,15 +256,20 @@ local function settle(job, done, a)
   if kind == 'retry' then
     redis.call('ZADD', KEYS[2], ARGV[p], ARGV[p + 1])
   elseif kind == 'back' then
-    redis.call('XADD', KEYS[1], '*', unpack(ARGV, p, p + m - 1))
-  elseif m > 0 then  -- 'end' of a dead job, 'bury'
+    -- The record names the entry it waits as now: the old one is deleted below.
+    redis.call('HSET', job, 'entry', redis.call('XADD', KEYS[1], '*', unpack(ARGV, p, p + m - 1)))
+  elseif m > 0 and ARGV[4] == '0' then  -- 'end' of a dead job, 'bury'
     redis.call('XADD', KEYS[3], '*', unpack(ARGV, p, p + m - 1))
+  elseif m > 0 then
+    -- '~': Redis drops only whole nodes of the stream (100 entries by default), cheap;
+    -- the oldest letters go, for good (their job records stay dead until they expire).
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, p, p + m - 1))
   end
   if kind == 'end' then notify(job, done) end
   return ack(1)
 end
 
-local out, a = {}, 4
+local out, a = {}, 5
 for i = 4, #KEYS, 2 do
   local code
   code, a = settle(KEYS[i], KEYS[i + 1], a)

@@ -48,6 +48,13 @@ How each job goes, and what makes it safe:
   of its own: a caller that gives up on ``stop()`` (cancelled, timed out) leaves it
   going, heartbeat included, and a second ``stop()`` waits for it. ``abort()`` stops
   like a crash (nothing handed back), for tests.
+- bounded: the stream holds what is queued or running, no more (each settle deletes
+  its entry: a work buffer, not a log; see ``keys``). The dead-letter stream keeps
+  about ``max_dead_letters`` letters (default 10,000; ``None``: all): each new letter
+  trims the oldest, in whole nodes of the stream (``MAXLEN ~``), for good, while their
+  job records stay dead until they expire. A crashed worker's consumer leaves the group
+  once it has been idle ``idle_consumer_s`` (default: 10 visibility timeouts, at least
+  an hour) holding no entry; one that holds entries stays until they are reclaimed.
 - Redis gone: every loop backs off (``reconnect_base_s`` .. ``reconnect_max_s``) and
   carries on; settles are retried for up to ``visibility_timeout_s``, after which the
   entry is left to be reclaimed (the job may then run twice: at-least-once).
@@ -154,6 +161,8 @@ class Worker(_Running):
         retry_jitter: str = "full",
         result_ttl_s: float = 24 * 3600.0,
         max_deliveries: int = 5,
+        max_dead_letters: int | None = 10_000,
+        idle_consumer_s: float | None = None,
         grace_s: float = 10.0,
         cancel_timeout_s: float = 5.0,
         reconnect_base_s: float = 0.1,
@@ -170,6 +179,13 @@ class Worker(_Running):
             raise ValueError(f"heartbeat_s must be > 0 and below visibility_timeout_s "
                              f"({visibility_timeout_s}), not {heartbeat_s!r}")
         backoff_s(1, base_s=retry_base_s, max_s=retry_max_s, jitter=retry_jitter)  # checks them
+        if max_dead_letters is not None and max_dead_letters < 1:
+            raise ValueError(f"max_dead_letters must be >= 1 or None (keep all), not "
+                             f"{max_dead_letters!r}")
+        idle_consumer_s = (max(10 * visibility_timeout_s, 3600.0) if idle_consumer_s is None
+                           else idle_consumer_s)
+        if not idle_consumer_s > 0:
+            raise ValueError(f"idle_consumer_s must be > 0, not {idle_consumer_s!r}")
         self.redis = redis
         self.registry = registry
         self.queue = Queue(redis, queue)
@@ -188,6 +204,8 @@ class Worker(_Running):
         self.retry_jitter = retry_jitter
         self.result_ttl_s = result_ttl_s
         self.max_deliveries = max_deliveries
+        self.max_dead_letters = max_dead_letters
+        self.idle_consumer_s = idle_consumer_s
         self.grace_s = grace_s
         self.cancel_timeout_s = cancel_timeout_s
         self.reconnect_base_s = reconnect_base_s
@@ -196,6 +214,7 @@ class Worker(_Running):
         self._settle_script = scripts.Script(redis, scripts.SETTLE, flags=scripts.SETTLE_FLAGS)
         self._start_script = scripts.Script(redis, scripts.START)
         self._heartbeat_script = scripts.Script(redis, scripts.HEARTBEAT)
+        self._forget_script = scripts.Script(redis, scripts.FORGET_CONSUMERS)
         self._state = _State.NEW
         self._aborting = False
         self._stop_requested = asyncio.Event()
@@ -216,6 +235,7 @@ class Worker(_Running):
         self._prefetch_over = asyncio.Event()
         self._parked = False  # the reader waits for a free slot
         self._next_reclaim = 0.0  # loop time
+        self._next_forget = 0.0  # loop time: when to look for consumers to forget
         self._claim_cursor = "0-0"
         self._down_since: float | None = None
         self._counts = dict.fromkeys(
@@ -410,6 +430,8 @@ class Worker(_Running):
                 soonest = await self.redis.zrange(self.keys.delayed, 0, 0, withscores=True)
                 if soonest:  # wake for the next retry, not at the next tick only
                     wait_s = min(wait_s, max(0.0, soonest[0][1] - time.time()))
+                if asyncio.get_running_loop().time() >= self._next_forget:
+                    await self._forget_idle_consumers()
                 failures = 0
                 self._redis_up()
             except Exception as exc:
@@ -417,6 +439,37 @@ class Worker(_Running):
                 await self._after_error(exc, failures, "maintaining")
                 continue
             await self._sleep(wait_s, self._nudge)
+
+    async def _forget_idle_consumers(self) -> None:
+        """Delete the consumers idle over ``idle_consumer_s`` that hold nothing: crashed workers'.
+
+        A stopped worker leaves the group (``_leave_group``); one that crashed stays in it
+        for ever otherwise, listed by XINFO and counted by ``stats``. Runs at start and
+        every tenth of ``idle_consumer_s`` (at least every ``maintenance_s``). One that
+        holds entries stays (deleting a consumer drops its pending entries: those jobs
+        would never run): its entries are reclaimed first, then it goes. Never this
+        worker. A live worker deleted all the same (no read for that long) is created
+        again by its next read, as at its first.
+        """
+        loop = asyncio.get_running_loop()
+        self._next_forget = loop.time() + max(self.maintenance_s, self.idle_consumer_s / 10)
+        try:
+            rows = await self.redis.xinfo_consumers(self.keys.stream, self.keys.group)
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                return  # nothing to forget; the reader recreates the group
+            raise
+        idle_ms = self.idle_consumer_s * 1000
+        names = [row["name"] for row in rows if int(row["pending"]) == 0
+                 and int(row["idle"]) >= idle_ms and _text(row["name"]) != self.name]
+        if not names:
+            return
+        gone = await self._forget_script(keys=[self.keys.stream],
+                                         args=[self.keys.group, *names])
+        for name in gone:
+            logger.info("worker %s: consumer %s left the group: idle over %s s, holding "
+                        "nothing (a crashed worker's)", self.name, _text(name),
+                        self.idle_consumer_s)
 
     async def _reclaim(self, slots: int) -> int:
         """XAUTOCLAIM up to ``slots`` entries idle past the visibility timeout; how many run."""
