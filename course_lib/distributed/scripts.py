@@ -238,6 +238,10 @@ local function settle(job, done, a)
   end
   local function ack(code)
     redis.call('XACK', KEYS[1], ARGV[1], ARGV[a])
+    -- Deleted now, not left for a trim by MINID: one long job still pending would pin
+    -- every entry after it (a trim cannot pass it), and the stream would grow with the
+    -- queue's history. The price: another group on this stream sees only what is not
+    -- settled yet. (Redis 8.2's XACKDEL ... ACKED would delete once every group acked.)
     redis.call('XDEL', KEYS[1], ARGV[a])
     return code, after
   end
