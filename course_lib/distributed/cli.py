@@ -198,6 +198,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds running jobs get to finish at stop (default 10)")
     worker.add_argument("--block", type=_positive(float), default=1.0, metavar="S",
                         help="longest wait of one read (default 1)")
+    worker.add_argument("--job-timeout", type=_positive(float), default=300.0, metavar="S",
+                        help="longest run of a job with no timeout of its own (default 300)")
     worker.add_argument("--metrics-port", type=_port, metavar="PORT",
                         help="serve Prometheus metrics on http://HOST:PORT/metrics (0: a free "
                              "port, printed on stderr); default: none")
@@ -389,7 +391,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
 async def _worker(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
     worker = Worker(client, args.registry, queue=args.queue, name=args.name,
                     concurrency=args.concurrency, visibility_timeout_s=args.visibility_timeout,
-                    grace_s=args.grace, block_s=args.block)
+                    grace_s=args.grace, block_s=args.block, default_timeout_s=args.job_timeout)
     async with contextlib.AsyncExitStack() as stack:
         watchdog = None
         if args.watchdog is not None:  # a thread: it sees the loop blocked, and logs where

@@ -74,6 +74,7 @@ class _Running:
     keys: QueueKeys
     visibility_timeout_s: float
     heartbeat_s: float
+    default_timeout_s: float | None
     retry_base_s: float
     retry_max_s: float
     retry_jitter: str
@@ -257,6 +258,8 @@ class _Running:
 
     async def _run_one(self, d: _Delivery, job: Job, task: Task) -> None:
         timeout_s = job.timeout_s if job.timeout_s is not None else task.timeout_s
+        if timeout_s is None:
+            timeout_s = self.default_timeout_s
         if job.deadline is not None:
             left_s = job.deadline - time.time()
             timeout_s = left_s if timeout_s is None else min(timeout_s, left_s)

@@ -15,10 +15,11 @@ How each job goes, and what makes it safe:
   what is read and not running sits in no local queue where a crash would lose it.
 - start: one Lua script marks the jobs of a read running (status, worker,
   started_at), or finds a job ended already (a duplicate entry: acked, not run).
-- run: under ``asyncio.timeout`` (the job's ``timeout_s``, the task's, or what is left
-  before its deadline); every ``heartbeat_s`` one heartbeat resets the idle time of
-  all the entries the worker runs, so no other worker takes a long job over, and
-  reports any that one did take.
+- run: under ``asyncio.timeout`` (the job's ``timeout_s``, else the task's, else the
+  worker's ``default_timeout_s``; capped by what is left before its deadline): a task
+  that hangs would heartbeat for ever, never reclaimed, its slot taken. Every
+  ``heartbeat_s`` one heartbeat resets the idle time of all the entries the worker
+  runs, so no other worker takes a long job over, and reports any that one did take.
 - settle: ONE Lua script writes what follows from the attempt (the result and
   status, a retry in the delayed set, a dead letter, the token that wakes
   ``result()``) and acks the entry (XACK + XDEL), last, so a write that fails leaves
@@ -73,6 +74,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import math
 import os
 import secrets
 import socket
@@ -140,7 +142,9 @@ class Worker(_Running):
 
     The Redis client is the caller's (not closed here). Several workers, in one
     process or many, share a queue through its consumer group ``workers``; each
-    needs a distinct ``name`` (default: host-pid-random).
+    needs a distinct ``name`` (default: host-pid-random). ``default_timeout_s`` bounds
+    each attempt of a job that sets no ``timeout_s`` and whose task sets none (default
+    300 s; ``None`` or ``inf``: unbounded, a hung task then holds its slot for ever).
     """
 
     def __init__(
@@ -163,6 +167,7 @@ class Worker(_Running):
         max_deliveries: int = 5,
         max_dead_letters: int | None = 10_000,
         idle_consumer_s: float | None = None,
+        default_timeout_s: float | None = 300.0,
         grace_s: float = 10.0,
         cancel_timeout_s: float = 5.0,
         reconnect_base_s: float = 0.1,
@@ -186,6 +191,11 @@ class Worker(_Running):
                            else idle_consumer_s)
         if not idle_consumer_s > 0:
             raise ValueError(f"idle_consumer_s must be > 0, not {idle_consumer_s!r}")
+        if default_timeout_s is not None and not (
+                isinstance(default_timeout_s, (int, float))
+                and not isinstance(default_timeout_s, bool) and default_timeout_s > 0):
+            raise ValueError(f"default_timeout_s must be a number > 0 or None, not "
+                             f"{default_timeout_s!r}")
         self.redis = redis
         self.registry = registry
         self.queue = Queue(redis, queue)
@@ -206,6 +216,8 @@ class Worker(_Running):
         self.max_deliveries = max_deliveries
         self.max_dead_letters = max_dead_letters
         self.idle_consumer_s = idle_consumer_s
+        # A job with no timeout_s of its own, nor its task, runs at most this long (inf: None).
+        self.default_timeout_s = None if default_timeout_s == math.inf else default_timeout_s
         self.grace_s = grace_s
         self.cancel_timeout_s = cancel_timeout_s
         self.reconnect_base_s = reconnect_base_s
