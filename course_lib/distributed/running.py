@@ -88,6 +88,7 @@ class _Running:
     _heartbeat_script: Script
     _aborting: bool
     _stop_requested: asyncio.Event
+    _stopping: asyncio.Task[Any] | None  # the stop or abort, once begun
     _nudge: asyncio.Event
     _jobs: BackgroundTasks
     _bookkeeping: set[asyncio.Task[Any]]
@@ -277,14 +278,28 @@ class _Running:
                     result = await task.fn(*job.args, **job.kwargs)
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
-            if current is None or current.cancelling():
-                raise  # we are being cancelled (a stop): _run_entry hands it back
-            # The task raised CancelledError with no one cancelling it (it awaited a
-            # future someone else cancelled). Handing it back would run it again, at
-            # the same attempt, for ever: it is the job's failure, retried and counted.
-            error = RuntimeError(f"{job.task} raised CancelledError without being cancelled")
+            why = None
+            if current is None:
+                raise
+            if current.cancelling():
+                if self._stopping is not None or d.lost:
+                    raise  # our stop (or abort): _run_entry hands it back, or leaves it
+                # Cancelled from outside the worker (aiomonitor's cancel, a stray
+                # task.cancel()): handed back as at a stop, it would be read again at
+                # the same attempt and, if it hangs, cancelled again, for ever. It is
+                # the job's failed attempt. Every request is withdrawn (there is no
+                # await from here to the end of the task: a stop cannot slip in).
+                while current.uncancel():
+                    pass
+                why = "cancelled from outside the worker"
+                error = RuntimeError(f"{job.task} was {why}")
+            else:
+                # The task raised CancelledError with no one cancelling it (it awaited
+                # a future someone else cancelled): as above, the job's failure.
+                error = RuntimeError(f"{job.task} raised CancelledError without being "
+                                     "cancelled")
             error.__cause__ = exc
-            self._retry_or_bury(d, job, task, error, loop.time() - started)
+            self._retry_or_bury(d, job, task, error, loop.time() - started, why)
             return
         except Exception as exc:
             # Ours only when our scope expired: the task may raise TimeoutError itself.

@@ -18,9 +18,11 @@ The tasks (each tried once: ``max_attempts=1``, so an outcome is final):
 - ``add(a, b)``: returns ``a + b``: proof that the worker goes on.
 
 What the worker does when the *job's own task* is cancelled from outside (aiomonitor's
-``cancel`` on the task named ``<worker> <entry id>``): the same as at a stop, it
-hands the job back to the queue, unfinished, at the same attempt; it is read again
-and hangs again. A stuck job is ended by a timeout on its task, not by a cancel.
+``cancel`` on the task named ``<worker> <entry id>``): not a stop, so not handed back;
+the attempt failed ("cancelled from outside the worker"), retried if attempts are
+left, else dead-lettered. Here, one attempt: the job is dead. A job that hangs is
+also ended by a timeout: its task's ``timeout_s``, else the worker's
+``--job-timeout`` (300 s by default).
 """
 
 from __future__ import annotations

@@ -177,17 +177,24 @@ def test_cancelling_the_awaited_helper_fails_the_job_and_the_worker_goes_on(serv
     assert stuck.record("after")["status"] == JobStatus.DONE.value
 
 
-def test_cancelling_the_jobs_own_task_hands_it_back_and_it_runs_again(fake_url, stuck_factory):
+def test_cancelling_the_jobs_own_task_fails_its_attempt_and_it_is_not_run_again(
+        fake_url, stuck_factory):
     stuck = stuck_factory(fake_url)
     assert stuck.enqueue("wait_for_signal", "go", job_id="j1") == 0
     first = stuck.task("wait_for_signal")
     assert stuck.mon.cancel(first.task_id) == "_Running._run_entry()"
-    # As at a stop: handed back unfinished, at the same attempt; read again, stuck again.
-    stuck.log_has("⇠ wait_for_signal(id=j1) handed back")
-    stuck.log_has("→ wait_for_signal(id=j1) 1/1", count=2)
-    again = stuck.task("wait_for_signal", other_than=frozenset({first.task_id}))
-    assert again.name != first.name  # a new stream entry
-    assert stuck.record("j1", until_not=None)["status"] == JobStatus.RUNNING.value
+    # Not a stop: the attempt failed. Its one attempt used, the job is dead-lettered,
+    # not handed back to be read again and hang again.
+    stuck.log_has("✗ wait_for_signal(id=j1) dead: gave up after 1 attempt(s), cancelled "
+                  "from outside the worker")
+    assert stuck.enqueue("add", 2, 3, job_id="after", wait=True) == 0  # it goes on
+    record = stuck.record("j1")
+    assert record["status"] == JobStatus.DEAD.value
+    assert record["error"] == "wait_for_signal was cancelled from outside the worker"
+    log = stuck.fleet.log("w1")
+    assert sum("→ wait_for_signal(id=j1)" in line for line in log) == 1, log
+    assert not any("handed back" in line for line in log), log
+    assert not stuck.mon.find("wait_for_signal")
     with pytest.raises(AttachError, match="no such task"):
         stuck.mon.where(first.task_id)
 
