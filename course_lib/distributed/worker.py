@@ -56,6 +56,10 @@ How each job goes, and what makes it safe:
   job records stay dead until they expire. A crashed worker's consumer leaves the group
   once it has been idle ``idle_consumer_s`` (default: 10 visibility timeouts, at least
   an hour) holding no entry; one that holds entries stays until they are reclaimed.
+- a cancel from outside: a job's task cancelled by anyone but the worker (aiomonitor's
+  ``cancel``) is the job's failed attempt, "cancelled from outside the worker":
+  retried or dead-lettered, not handed back (read again, it would hang again). Once a
+  stop has begun, every cancel counts as the stop's.
 - Redis gone: every loop backs off (``reconnect_base_s`` .. ``reconnect_max_s``) and
   carries on; settles are retried for up to ``visibility_timeout_s``, after which the
   entry is left to be reclaimed (the job may then run twice: at-least-once).
