@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # run with nbval's comparison and more (tests/notebooks/test_notebooks_run_clean.py).
 NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120
 
-.PHONY: help lab test nbval test-all grade bench clean
+.PHONY: help lab test nbval test-all grade bench site clean
 
 help:
 	@echo "make lab       open JupyterLab on chapter 0 (LAB_ARGS='--no-browser --port 8899')"
@@ -26,6 +26,7 @@ help:
 	@echo "make nbval     the notebooks under nbval alone (not part of make test)"
 	@echo "make grade     the grade table for exercises/ (TARGET=solutions or a folder)"
 	@echo "make bench     run benchmarks/*.py (JSON results in benchmarks/results/)"
+	@echo "make site      the notebooks as they last ran, as a static HTML site in site/ (offline)"
 	@echo "make test-all  library and grading tests on every CPython >= 3.11 found"
 	@echo "make clean     remove .venv, .venv-* and caches"
 
@@ -66,9 +67,14 @@ grade: $(STAMP)
 bench: $(STAMP)
 	@for script in benchmarks/[!_]*.py; do echo "::: $$script"; $(BIN)/python $$script || exit 1; done
 
+# The chapters with their stored outputs (nothing runs), an index, the README:
+# open site/index.html, or copy site/ to any web server. tools/build_site.py says more.
+site: $(STAMP)
+	$(BIN)/python tools/build_site.py --out site
+
 test-all:
 	PYTHON=$(PYTHON) bash .ci/test-all
 
 clean:
-	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .venv-* .pytest_cache .ruff_cache .hypothesis *.egg-info site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
