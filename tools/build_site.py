@@ -197,8 +197,9 @@ class _Site:
 
     def write_page(self, source: str, nb: nbformat.NotebookNode, nav: str = "") -> None:
         """Render ``nb`` as the page of repository file ``source`` (which may not exist: index)."""
+        folder = str((self.repo / source).parent)  # where ![](pic.png) is found and embedded
         body, _ = self.exporter.from_notebook_node(
-            nb, resources={"metadata": {"name": PurePosixPath(source).stem}}
+            nb, resources={"metadata": {"name": PurePosixPath(source).stem, "path": folder}}
         )
         def rewrite(m: re.Match) -> str:
             value = html.unescape(m[2])

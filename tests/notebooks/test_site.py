@@ -10,6 +10,7 @@ Without Chromium or Playwright the browser test is skipped and says why; under
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -147,9 +148,18 @@ def test_nbconvert_stock_lab_template_would_fetch_from_cdns():
     assert any("require" in url for url in fetched) and any("mathjax" in url for url in fetched)
 
 
+# A 1x1 PNG.
+PIXEL = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
 def _tiny_repo(root: Path, link: str) -> Path:
     (root / "notebooks").mkdir(parents=True)
     (root / "course_lib").mkdir()
+    (root / "docs").mkdir()
+    (root / "notebooks" / "near.png").write_bytes(PIXEL)
+    (root / "docs" / "far.png").write_bytes(PIXEL)
     (root / "course_lib" / "x.py").write_text('"""A module."""\nX = 1\n')
     (root / "README.md").write_text(
         "# tiny\n\n**A tiny course.**\n\n## Chapters\n\n"
@@ -170,9 +180,14 @@ def _tiny_repo(root: Path, link: str) -> Path:
 
 
 def test_links_to_other_chapters_anchors_and_repository_files_are_rewritten(tmp_path: Path):
-    repo = _tiny_repo(tmp_path / "repo", "[x](../course_lib/x.py), [b](01_b.ipynb#Part-two)")
+    repo = _tiny_repo(tmp_path / "repo", "[x](../course_lib/x.py), [b](01_b.ipynb#Part-two), "
+                      "![near](near.png), ![far](../docs/far.png)")
     pages = build_site.build(tmp_path / "site", repo)
     site = tmp_path / "site"
+    # An image beside the notebook is embedded; one elsewhere in the repository is copied.
+    assert 'src="data:image/png;base64,iVBOR' in _read(site / "notebooks" / "00_a.html")
+    assert 'src="../docs/far.png"' in _read(site / "notebooks" / "00_a.html")
+    assert (site / "docs" / "far.png").read_bytes() == PIXEL
     assert [p.relative_to(site).as_posix() for p in pages] == [
         "README.html", "course_lib/x.py.html", "index.html",
         "notebooks/00_a.html", "notebooks/01_b.html",
