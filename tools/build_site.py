@@ -4,17 +4,18 @@
 
 Writes ``index.html`` (the chapters: number, title, what you learn, time, from
 README's chapter table), ``notebooks/NN_name.html`` for every notebook, with its
-outputs and its plots embedded, and ``README.html``. The site is the repository's
-layout, so a link keeps its meaning: ``01_task_lifecycle.ipynb`` becomes
-``01_task_lifecycle.html``, ``../README.md`` becomes ``../README.html``, and any other
-repository file a page links to (``../course_lib/x.py``) becomes a page of its own
-beside it (``../course_lib/x.py.html``, highlighted); a link to a file that does not
-exist, or outside the repository, stops the build and names the page.
+outputs and its plots embedded, ``README.html`` and ``docs/WORKSHOP.html``. The site
+has the repository's layout, so a link keeps its meaning: ``01_task_lifecycle.ipynb``
+becomes ``01_task_lifecycle.html``, ``../README.md`` becomes ``../README.html``, and
+any other repository file a page links to (``../course_lib/x.py``) becomes a page of
+its own beside it (``../course_lib/x.py.html``, highlighted); an image is embedded
+when it sits beside its notebook, copied otherwise. A link to a file that does not
+exist, to a folder, or out of the repository stops the build and names the page.
 
 Nothing is fetched, ever: the pages inline their CSS and images, and the template
 drops what nbconvert's ``lab`` template loads from CDNs (require.js, MathJax,
 mermaid, the widget manager), so the site reads the same offline, from a USB stick.
-The notebooks hold no math; some would show as TeX source.
+The notebooks hold no math; without MathJax it would show as TeX source.
 
 A repository tool, not part of ``course_lib``: learners never import it, and it
 reads the checkout (README, notebooks/), not the installed package.
@@ -243,7 +244,8 @@ def _nav(home: str, prev: tuple[str, str] | None, nxt: tuple[str, str] | None) -
     return f'<nav class="site-nav">{"".join(links)}</nav>'
 
 
-def _index_markdown(readme: str, chapters: list[Chapter], titles: dict[str, str]) -> str:
+def _index_markdown(readme: str, chapters: list[Chapter], titles: dict[str, str],
+                    teaching: bool) -> str:
     tagline = next((line for line in readme.splitlines() if line.startswith("**")), "")
     after_table = readme.partition("\n## Chapters\n")[2].partition("\n## ")[0]
     after_table = "\n".join(line for line in after_table.splitlines()
@@ -265,7 +267,9 @@ def _index_markdown(readme: str, chapters: list[Chapter], titles: dict[str, str]
         "How exercises work, a real Redis, troubleshooting: [the README](README.md). "
         "These pages show each chapter as it last ran, outputs included; to run it, "
         "`make lab`.",
-    ])
+        "Teaching it: [a one-day and a two-day workshop plan](docs/WORKSHOP.md)." if teaching
+        else "",
+    ]).strip()
 
 
 def build(out: Path, repo: Path = REPO) -> list[Path]:
@@ -283,7 +287,8 @@ def build(out: Path, repo: Path = REPO) -> list[Path]:
         books = {nb: nbformat.read(repo / nb, as_version=4) for nb in notebooks}
         titles = {nb: _title(book, PurePosixPath(nb).stem) for nb, book in books.items()}
         site.write_page("index", _markdown_notebook(
-            _index_markdown(readme, chapters, titles), "asyncio-course"))
+            _index_markdown(readme, chapters, titles, (repo / "docs" / "WORKSHOP.md").is_file()),
+            "asyncio-course"))
         for i, nb in enumerate(notebooks):
             def near(j: int) -> tuple[str, str] | None:
                 if 0 <= j < len(notebooks):

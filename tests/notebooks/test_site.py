@@ -94,6 +94,9 @@ def test_every_notebook_has_a_page_and_the_index_lists_it_with_its_time(site: Pa
         row = chapters[f"notebooks/{notebook.name}"]
         assert f"<td>{row.time}</td>" in index, f"{notebook.name}: {row.time!r} not in the index"
     assert 'href="README.html"' in index and (site / "README.html").is_file()
+    assert 'href="docs/WORKSHOP.html"' in index
+    # The plans' links to the chapters lead to their pages.
+    assert 'href="../notebooks/01_task_lifecycle.html"' in _read(site / "docs" / "WORKSHOP.html")
 
 
 def test_links_between_chapters_lead_to_the_chapters_pages(site: Path):
@@ -244,7 +247,8 @@ def _check_in_browser(site: Path, tmp_path: Path) -> dict:
 def test_every_page_loads_in_chromium_with_its_images_and_links_intact(site: Path, tmp_path: Path):
     report = _check_in_browser(site, tmp_path)
     assert report["problems"] == []
-    assert len(report["pages"]) == len(NOTEBOOKS) + 2  # the chapters, the index, the README
+    # The chapters, the index, the README, the workshop plans.
+    assert len(report["pages"]) == len(NOTEBOOKS) + 3
 
 
 def test_the_browser_check_reports_every_kind_of_breakage(tmp_path: Path):
