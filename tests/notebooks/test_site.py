@@ -274,3 +274,15 @@ def test_the_browser_check_reports_every_kind_of_breakage(tmp_path: Path):
     ):
         assert expected in problems
     assert "docs.python.org" not in problems and "#top" not in problems
+
+
+def test_without_chromium_the_browser_check_skips_and_says_why_unless_required(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("CHROMIUM", str(tmp_path / "no-such-chromium"))
+    monkeypatch.delenv("REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-such-chromium is not an executable"):
+        _check_in_browser(tmp_path, tmp_path)
+    monkeypatch.setenv("REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="REQUIRE_BROWSER=1"):
+        _check_in_browser(tmp_path, tmp_path)
