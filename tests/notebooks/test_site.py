@@ -112,8 +112,16 @@ def test_links_between_chapters_lead_to_the_chapters_pages(site: Path):
 
 
 def test_a_link_to_a_repository_file_leads_to_a_page_of_it(site: Path):
-    # Chapter 4 links ../README.md: the site has the README as a page, at the same place.
-    assert 'href="../README.html"' in _read(site / "notebooks" / "04_distributed_queue.html")
+    # Each chapter's link to a file of the repository (../README.md, ../course_lib/x.py)
+    # leads to a page of it at the same place; the README is a page whatever links it.
+    for notebook in NOTEBOOKS:
+        page = _read(site / "notebooks" / f"{notebook.stem}.html")
+        for cell in nbformat.read(notebook, 4).cells:
+            if cell.cell_type == "markdown":
+                for target in re.findall(r"\]\((\.\./[^)#\s]+)", cell.source):
+                    shown = target[:-3] + ".html" if target.endswith(".md") else target + ".html"
+                    assert f'href="{shown}' in page, f"{notebook.name}: link to {target}"
+                    assert (site / "notebooks" / shown).resolve().is_file(), shown
     readme = _read(site / "README.html")
     assert 'href="notebooks/00_start_here.html"' in readme  # README's own links, rewritten
 
