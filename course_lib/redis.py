@@ -31,6 +31,7 @@ __all__ = [
     "serve_fake_tcp",
 ]
 
+import asyncio
 import contextlib
 import os
 import re
@@ -52,7 +53,10 @@ import redis.exceptions
 PROTOCOL = 2
 
 # A reachable server answers on a LAN within milliseconds; a wrong host should
-# fail while the learner is still looking at the cell, not after a minute.
+# fail while the learner is still looking at the cell, not after a minute. It
+# bounds the TCP connect (socket_connect_timeout) and, again, connect()'s first
+# reply: a server that accepts and never answers (SIGSTOP, a silent proxy, not
+# Redis at all) fails after twice this at most.
 CONNECT_TIMEOUT_S = 2.0
 
 _SCHEMES = ("redis", "rediss", "unix")
@@ -116,8 +120,12 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
     ``PROTOCOL`` (2), ``socket_timeout`` to None (see the comment below) and
     ``socket_connect_timeout`` to ``CONNECT_TIMEOUT_S``.
     With ``ping`` the server is asked once, so a wrong address fails here
-    (``RedisUnavailable``) rather than at the first command. A malformed URL
-    raises ``ValueError``. Close the client with ``await r.aclose()``.
+    (``RedisUnavailable``) rather than at the first command; so does a server
+    that accepts the connection and does not answer (frozen, overloaded, not
+    Redis): the handshake and PING get ``CONNECT_TIMEOUT_S`` after the connect.
+    Later commands have no such bound (``socket_timeout`` None): bound your own
+    waits. A malformed URL (``?protocol=9`` included) raises ``ValueError``.
+    Close the client with ``await r.aclose()``.
 
     Commands are not retried (``from_url`` clients get no ``retry``, unlike
     ``Redis(host=...)``): after a server restart, a command sent on a
@@ -145,9 +153,19 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
         except ValueError as exc:  # e.g. ?db=x: redis-py's reason, scrubbed to be sure
             reason = _scrub(str(exc), url)
             raise ValueError(f"malformed Redis URL {shown!r}: {reason}; {_EXPECTED}") from None
+        protocol = client.connection_pool.connection_kwargs.get("protocol")
+        if str(protocol) not in ("2", "3"):  # e.g. ?protocol=9: a usage error, not an outage
+            await client.aclose()
+            raise ValueError(f"malformed Redis URL {shown!r}: protocol must be 2 or 3, "
+                             f"not {_scrub(str(protocol), url)!r}; {_EXPECTED}")
     if ping:
+        # The connect has its own bound (socket_connect_timeout); what follows (the
+        # handshake, PING) gets CONNECT_TIMEOUT_S more: with no socket_timeout, a
+        # server that accepts and never answers would otherwise hold us for ever.
+        bound_s = (kw.get("socket_connect_timeout") or 0) + CONNECT_TIMEOUT_S
         try:
-            await client.ping()
+            async with asyncio.timeout(bound_s if url is not None else None) as scope:
+                await client.ping()
         except BaseException as exc:
             await client.aclose()  # also when cancelled: leave no half-open pool behind
             # ConnectionError covers refused, unresolvable and wrong password
@@ -155,6 +173,9 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
             if not isinstance(exc, (redis.exceptions.RedisError, OSError)):
                 raise
             cause = _scrub(str(exc) or type(exc).__name__, url or "")
+            if scope.expired():
+                cause = (f"it did not answer within {bound_s:g} s (a server that accepts "
+                         "connections and never replies: stopped, overloaded, or not Redis)")
             # `from None`: a chained traceback would print redis-py's own
             # message, which we have not scrubbed.
             raise RedisUnavailable(shown, cause) from None
@@ -326,8 +347,21 @@ def _check_url(url: str) -> None:
     except ValueError:
         port = 0
     if port == 0:  # redis-py would quietly use 6379 for port 0
-        raise bad("the port must be a number from 1 to 65535")
+        raise bad(_unencoded(url) or "the port must be a number from 1 to 65535")
     # redis-py quietly uses db 0 when the path is not a number.
     db = unquote(parts.path).strip("/")
     if db and not (db.isascii() and db.isdigit()):
-        raise bad(f"the path must be a database number, not {db!r}")
+        raise bad(_unencoded(url) or f"the path must be a database number, not {db!r}")
+
+
+def _unencoded(url: str) -> str | None:
+    """The likely reason when the user-info holds '/', '?' or '#' (not percent-encoded)."""
+    # urllib ends the host part at the first '/', '?' or '#', so an '@' after one of
+    # them is a password pasted as it is: its tail is read as the port or the path.
+    rest = url.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")
+    if at and any(c in userinfo for c in "/?#"):
+        return ("a password (or user name) holding '/', '?' or '#' must be percent-encoded "
+                "('/' as %2F, '?' as %3F, '#' as %23, '@' as %40: urllib.parse.quote(password, "
+                "safe='')); as it is, what follows that character is read as the port or path")
+    return None

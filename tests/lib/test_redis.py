@@ -146,6 +146,30 @@ async def test_unreachable_server_fails_fast_with_masked_url():
 
 
 @pytest.mark.asyncio
+async def test_a_server_that_accepts_and_never_answers_is_unavailable(monkeypatch):
+    """A silent listener (a stopped or overloaded server, a proxy, not Redis): the ping
+    has a bound of its own, CONNECT_TIMEOUT_S after the connect, instead of none."""
+    monkeypatch.setattr("course_lib.redis.CONNECT_TIMEOUT_S", 0.2)
+    accepted: list[socket.socket] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"redis://:{SECRET}@127.0.0.1:{listener.getsockname()[1]}/0"
+        try:
+            async with asyncio.timeout(60):  # a hang guard, not a measure
+                connecting = asyncio.create_task(connect(url))
+                conn, _ = await asyncio.to_thread(listener.accept)
+                accepted.append(conn)
+                with pytest.raises(RedisUnavailable, match="did not answer within") as caught:
+                    await connecting
+        finally:
+            for conn in accepted:
+                conn.close()
+    assert mask_url(url) in str(caught.value)
+    assert SECRET not in _everything_printed(caught.value)
+
+
+@pytest.mark.asyncio
 async def test_fake_server_outage_is_reported_like_a_real_one(monkeypatch):
     monkeypatch.delenv("REDIS_URL", raising=False)
     fake_server().connected = False
@@ -184,8 +208,15 @@ async def test_wrong_or_missing_password_is_unavailable_and_masked(redis_server_
         (f"unix://:{SECRET}@", "path"),
         (f"redis://:{SECRET}@[::1:6379/0", "IPv6"),
         (f"redis://:{SECRET}@host:6379/\N{SUPERSCRIPT TWO}", "database number"),
-        # A password pasted without percent-encoding that urllib reads as a port.
-        (f"redis://user:{SECRET}/x@host:6379/0", "port"),
+        # A password pasted without percent-encoding: urllib reads its tail as a port
+        # (or a path); the message says to encode it, not that the port is wrong.
+        (f"redis://user:{SECRET}/x@host:6379/0", "must be percent-encoded"),
+        (f"redis://:{SECRET}#x@host:6379/0", "must be percent-encoded.*'#' as %23"),
+        (f"redis://:{SECRET}?x@host:6379/0", "must be percent-encoded"),
+        (f"redis://:a#{SECRET}@host:6379/0", "must be percent-encoded"),
+        # A protocol redis-py refuses only when it connects: a usage error, not an outage.
+        (f"redis://:{SECRET}@host:6379/0?protocol=9", "protocol must be 2 or 3"),
+        (f"redis://:{SECRET}@host:6379/0?protocol=x", "protocol"),
     ],
 )
 @pytest.mark.asyncio
