@@ -41,8 +41,24 @@ workers' ``course_queue_processed_total`` metric. A Redis error while watching p
 one line and the next sample tries again.
 ``enqueue`` sends what it is given (3 attempts, no timeout, unless told); with
 ``--app`` it refuses unknown tasks and uses the task's own settings, as a
-``Queue`` with a registry does. Data goes to stdout, messages to stderr;
+``Queue`` with a registry does. ``dead requeue --app`` refuses letters of tasks
+the app does not register, as ``Queue.requeue_dead`` with a registry does (without
+it nothing can be checked: such a job dies again at once). Data goes to stdout,
+messages to stderr, text from Redis with its control characters escaped (``\x1b``);
 passwords never show (``mask_url``).
+``stats`` counts the consumers in the group and, apart, the ``stale`` ones: idle
+longer than ``--stale-after`` (default 30 s, the worker's default visibility
+timeout), as a killed worker's consumer is until something deletes it.
+
+A frozen Redis (it accepts connections and never answers: SIGSTOP, an overloaded
+or partitioned server) ends a command with exit 3: connecting waits at most
+``CONNECT_TIMEOUT_S`` for the TCP connect and as long again for the first reply
+(``course_lib.redis.connect``), and each later step of a command (one request, or
+one page of ``dead requeue``) at most ``REPLY_TIMEOUT_S`` (5 s). ``enqueue --wait
+SECONDS`` exits 4 at its deadline even then (at most ``WAIT_SLACK_S`` later);
+``--wait`` with no SECONDS waits until the job ends or Ctrl-C, whatever Redis does.
+A worker's BLOCK reads wait as long as they should; its maintenance step is bounded
+instead, and it logs once when Redis stops answering, and once when it answers again.
 
 Exit codes:
 
@@ -103,6 +119,12 @@ _EXIT_CODES = "exit codes:\n" + textwrap.indent(
 _NO_URL = ("no Redis URL: pass --redis-url or set REDIS_URL (another process cannot reach "
            "an in-process fakeredis; course_lib.redis.serve_fake_tcp() serves one on a port)")
 _PAGE = 100  # dead letters per requeue_dead() call (one pipeline each)
+# A step of a command (a request, a pipeline, a page) that a server which answered
+# the connect's PING takes milliseconds for; redis-py's own default socket_timeout.
+REPLY_TIMEOUT_S = 5.0
+# --wait's own deadline comes first; this one only catches a Redis that froze
+# before the wait could start its timer (the first read of the job's record).
+WAIT_SLACK_S = 0.5
 
 logger = logging.getLogger(__name__)
 Command = Callable[[argparse.Namespace, redis.asyncio.Redis], Coroutine[Any, Any, int]]
@@ -110,6 +132,10 @@ Command = Callable[[argparse.Namespace, redis.asyncio.Redis], Coroutine[Any, Any
 
 class UsageError(Exception):
     """A command line that cannot run as given: exit 2 with this one-line message."""
+
+
+class _NoAnswer(Exception):
+    """Redis took longer than ``REPLY_TIMEOUT_S`` over one step: exit 3, as unreachable."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,12 +217,14 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=_positive(int), default=10,
                         help="jobs run at once (default 10)")
     worker.add_argument("--name", help="consumer name, unique per worker (default host-pid-random)")
-    worker.add_argument("--visibility-timeout", type=_positive(float), default=30.0,
+    worker.add_argument("--visibility-timeout", type=_positive(float, finite=True),
+                        default=30.0,
                         metavar="S", help="idle seconds before a dead worker's job is "
                         "reclaimed (default 30)")
     worker.add_argument("--grace", type=_positive(float, zero=True), default=10.0, metavar="S",
                         help="seconds running jobs get to finish at stop (default 10)")
-    worker.add_argument("--block", type=_positive(float), default=1.0, metavar="S",
+    worker.add_argument("--block", type=_positive(float, finite=True), default=1.0,
+                        metavar="S",
                         help="longest wait of one read (default 1)")
     worker.add_argument("--job-timeout", type=_positive(float), default=300.0, metavar="S",
                         help="longest run of a job with no timeout of its own (default 300)")
@@ -243,6 +271,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --watch: seconds between samples (default 1)")
     stats.add_argument("--count", type=_positive(int), metavar="N",
                        help="with --watch: stop after N samples")
+    stats.add_argument("--stale-after", type=_positive(float), default=30.0, metavar="S",
+                       help="count apart, as stale, the consumers idle longer than S "
+                            "(default 30, the workers' default --visibility-timeout)")
 
     dead = commands.add_parser("dead", help="list or requeue dead letters",
                                description="list or requeue dead letters")
@@ -258,6 +289,9 @@ def _parser() -> argparse.ArgumentParser:
     requeue.add_argument("entry_id", nargs="*", metavar="ENTRY_ID",
                          help="dead-letter entry ids (see dead list)")
     requeue.add_argument("--all", action="store_true", help="every dead letter")
+    requeue.add_argument("--app", metavar="MODULE:ATTR",
+                         help="a TaskRegistry: refuse letters of tasks it does not register "
+                              "(without it, they are requeued and die again at once)")
     return parser
 
 
@@ -279,7 +313,7 @@ def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
                       help="log warnings only")
 
 
-def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
+def _positive(kind: type, *, zero: bool = False, finite: bool = False) -> Callable[[str], Any]:
     """An argparse type: a number > 0 (>= 0 with ``zero``), finite or inf, not NaN."""
 
     def parse(text: str) -> Any:
@@ -289,6 +323,8 @@ def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
         if not (value > 0 or (zero and value == 0)):  # NaN fails both
             raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, not {text}")
+        if finite and math.isinf(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text}")
         return value
 
     return parse
@@ -349,10 +385,12 @@ def _prepare(args: argparse.Namespace) -> None:
     elif args.command == "dead" and args.dead_command == "requeue":
         if bool(args.all) == bool(args.entry_id):
             raise UsageError("dead requeue takes ENTRY_IDs or --all (one of the two)")
+        args.registry = load_app(args.app) if args.app else None
     elif args.command == "enqueue":
         if args.args is not None and args.arg:
             raise UsageError("give the arguments as ARGs or as --args, not both")
-        options: dict[str, Any] = {"id": args.job_id} if args.job_id else {}
+        # None, not falsy: --job-id '' is refused (Job's id check), not replaced by a random id.
+        options: dict[str, Any] = {} if args.job_id is None else {"id": args.job_id}
         if args.app:
             task = load_app(args.app).get(args.task)
             if task is None:
@@ -379,6 +417,10 @@ async def _run(args: argparse.Namespace, url: str) -> int:
     args.url = url  # for messages that must mask it (_scrub)
     try:
         return await args.run(args, client)
+    except _NoAnswer as exc:
+        return _fail(EXIT_UNREACHABLE, f"Redis at {shown} did not answer within "
+                                       f"{REPLY_TIMEOUT_S:g} s ({exc}): stopped, overloaded or "
+                                       "cut off?")
     except _REDIS_DOWN as exc:
         reason = _scrub(str(exc) or type(exc).__name__, url)
         return _fail(EXIT_UNREACHABLE, f"Redis unreachable at {shown}: {reason}")
@@ -403,7 +445,7 @@ async def _worker(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
         if args.aiomonitor_port is not None:  # closed after worker.stop(): it sees the stop
             stack.enter_context(_aiomonitor(args, worker))
         stop = await stack.enter_async_context(GracefulShutdown())
-        await worker.start()
+        await _answered(worker.start(), "joining the consumer group")
         try:
             # Printed, not logged: a parent process waits for this line, whatever -q says.
             print(f"worker {worker.name} ready", file=sys.stderr, flush=True)
@@ -475,17 +517,25 @@ def _listening(port: int) -> socket.socket:
 
 
 async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
-    handle = await Queue(client, args.queue).enqueue_job(args.job)
+    handle = await _answered(Queue(client, args.queue).enqueue_job(args.job), "enqueueing")
     print(handle.id, flush=True)
     if not handle.enqueued:
-        status = await handle.status()
+        status = await _answered(handle.status(), "reading the job's status")
         print(f"job {handle.id} exists already ({status.value if status else 'unknown'}): "
               "not enqueued again", file=sys.stderr)
     if args.wait is None:
         return EXIT_OK
+    timeout_s = None if math.isinf(args.wait) else args.wait
     try:
-        result = await handle.result(timeout_s=None if math.isinf(args.wait) else args.wait)
+        # result() bounds its wait for the outcome, not its first read of the record:
+        # this outer bound ends the wait on a Redis that froze before that read returned.
+        async with asyncio.timeout(None if timeout_s is None else timeout_s + WAIT_SLACK_S
+                                   ) as scope:
+            result = await handle.result(timeout_s=timeout_s)
     except TimeoutError as exc:
+        if scope.expired():
+            return _fail(EXIT_TIMEOUT, f"job {handle.id!r}: no outcome within {args.wait:g} s "
+                                       "(Redis did not answer)")
         return _fail(EXIT_TIMEOUT, exc)
     except (JobFailed, JobNotFound) as exc:
         return _fail(EXIT_FAILED, exc)
@@ -496,7 +546,8 @@ async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int
 async def _stats(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
     if args.watch:
         return await _watch(args, client)
-    counts = dataclasses.asdict(await Queue(client, args.queue).counts())
+    counts = await _answered(_counts(Queue(client, args.queue), args.stale_after),
+                             "counting")
     if args.json:
         print(json.dumps({"queue": args.queue, **counts}))
     else:
@@ -507,6 +558,25 @@ async def _stats(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
 
 _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: only on a terminal
 _RATED = ("stream", "pending", "lag", "delayed", "dead")  # consumers: a count, no rate
+
+
+async def _counts(queue: Queue, stale_after_s: float) -> dict[str, int]:
+    """``Queue.counts()``, and ``stale``: consumers idle over ``stale_after_s``.
+
+    A worker killed with SIGKILL leaves its consumer in the group (only a stopping
+    worker deletes its own); a live one reads or beats more often than its
+    visibility timeout, so its idle time stays below it.
+    """
+    counts = dataclasses.asdict(await queue.counts())
+    stale = 0
+    if counts["consumers"]:
+        try:
+            consumers = await queue.redis.xinfo_consumers(queue.keys.stream, queue.keys.group)
+        except redis.exceptions.ResponseError:  # the stream or group went meanwhile
+            consumers = []
+        stale = sum(int(c["idle"]) > stale_after_s * 1000 for c in consumers)
+    counts["stale"] = stale
+    return counts
 
 
 async def _watch(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
@@ -520,8 +590,8 @@ async def _watch(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
     async with GracefulShutdown() as stop:
         while not stop.is_set():
             try:  # bounded: a server that stops answering is an error line, not a hang
-                counts = dataclasses.asdict(
-                    await asyncio.wait_for(queue.counts(), max(interval, 5.0)))
+                counts = await asyncio.wait_for(_counts(queue, args.stale_after),
+                                                max(interval, 5.0))
             except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
                 reason = _scrub(str(exc) or type(exc).__name__, args.url).splitlines()[0]
                 print(f"{time.strftime('%H:%M:%S')} Redis at {mask_url(args.url)}: "
@@ -560,7 +630,8 @@ def _watch_block(args: argparse.Namespace, counts: dict[str, int],
 
 
 async def _dead_list(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
-    letters = await Queue(client, args.queue).dead_letters(count=args.count)
+    letters = await _answered(Queue(client, args.queue).dead_letters(count=args.count),
+                              "reading dead letters")
     if args.json:
         print(json.dumps([_letter_dict(letter) for letter in letters], ensure_ascii=False))
     elif not letters:
@@ -571,15 +642,18 @@ async def _dead_list(args: argparse.Namespace, client: redis.asyncio.Redis) -> i
 
 
 async def _dead_requeue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
-    queue = Queue(client, args.queue)
+    queue = Queue(client, args.queue, registry=args.registry)
+    if args.registry is None:
+        print("no --app: the tasks are not checked (a letter of a task no worker registers "
+              "dies again at once)", file=sys.stderr)
     ids = await _all_dead_ids(queue) if args.all else args.entry_id
     done = refused = 0
     for start in range(0, len(ids), _PAGE):
-        report = await queue.requeue_dead(ids[start:start + _PAGE])
+        report = await _answered(queue.requeue_dead(ids[start:start + _PAGE]), "requeueing")
         for entry_id, job_id in report.requeued.items():
             print(f"{entry_id} requeued: job {job_id}")
         for entry_id, why in report.refused.items():
-            print(f"{entry_id} refused: {why}", file=sys.stderr)
+            print(_printable(f"{entry_id} refused: {why}"), file=sys.stderr)
         done, refused = done + len(report.requeued), refused + len(report.refused)
     print(f"requeued {done}, refused {refused}", file=sys.stderr)
     return EXIT_FAILED if refused else EXIT_OK
@@ -590,7 +664,8 @@ async def _all_dead_ids(queue: Queue) -> list[str]:
     ids: list[str] = []
     start = "-"
     while True:
-        page = await queue.redis.xrange(queue.keys.dead, min=start, count=500)
+        page = await _answered(queue.redis.xrange(queue.keys.dead, min=start, count=500),
+                               "listing dead letters")
         ids += [_text(entry_id) for entry_id, _ in page]
         if len(page) < 500:
             return ids
@@ -622,7 +697,30 @@ def _letter_line(letter: DeadLetter) -> str:
     why = " ".join(why.split())  # one line
     if len(why) > 160:
         why = why[:157] + "..."
-    return f"{letter.entry_id}  {when:%Y-%m-%d %H:%M:%S}Z  {what}  {why}"
+    return _printable(f"{letter.entry_id}  {when:%Y-%m-%d %H:%M:%S}Z  {what}  {why}")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and format characters escaped (``\x1b``, ``\u202e``).
+
+    A dead letter holds whatever was enqueued or raised: printed raw, an escape
+    sequence in it would move the cursor, recolour or retitle the reader's terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+async def _answered(step: Coroutine[Any, Any, Any], doing: str) -> Any:
+    """``await step``, for at most ``REPLY_TIMEOUT_S``; _NoAnswer (exit 3) after that."""
+    try:
+        async with asyncio.timeout(REPLY_TIMEOUT_S) as scope:
+            return await step
+    except TimeoutError:
+        if scope.expired():
+            raise _NoAnswer(doing) from None
+        raise
 
 
 def _fail(code: int, problem: object) -> int:

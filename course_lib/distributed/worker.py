@@ -106,6 +106,12 @@ from .running import (
 
 logger = logging.getLogger(__name__)
 
+# A command that does not block and has not returned in this long meets a server that
+# is frozen (SIGSTOP, overloaded) or cut off. The maintenance loop, which sends only
+# such commands, bounds each by it: it logs the outage once and retries. The read's
+# BLOCK and the rest wait on (no socket_timeout): they go on when the server does.
+ANSWER_TIMEOUT_S = 5.0
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkerStats:
@@ -440,10 +446,11 @@ class Worker(_Running):
         while not self._stop_requested.is_set():
             self._nudge.clear()  # before reading the delayed set: a later nudge is kept
             try:
-                while await self.queue.move_due(limit=100) == 100:
+                while await _answered(self.queue.move_due(limit=100)) == 100:
                     pass
                 wait_s = self.maintenance_s
-                soonest = await self.redis.zrange(self.keys.delayed, 0, 0, withscores=True)
+                soonest = await _answered(
+                    self.redis.zrange(self.keys.delayed, 0, 0, withscores=True))
                 if soonest:  # wake for the next retry, not at the next tick only
                     wait_s = min(wait_s, max(0.0, soonest[0][1] - time.time()))
                 if asyncio.get_running_loop().time() >= self._next_forget:
@@ -717,6 +724,22 @@ class Worker(_Running):
                 await (wake or self._stop_requested).wait()
         except TimeoutError:
             pass
+
+
+class _NoAnswer(redis.exceptions.TimeoutError):
+    """A command took longer than ``ANSWER_TIMEOUT_S``: handled as Redis being away."""
+
+
+async def _answered(command: Coroutine[Any, Any, Any]) -> Any:
+    """``await command``, or _NoAnswer after ``ANSWER_TIMEOUT_S`` (the command cancelled)."""
+    try:
+        async with asyncio.timeout(ANSWER_TIMEOUT_S) as scope:
+            return await command
+    except TimeoutError:
+        if scope.expired():
+            raise _NoAnswer(f"Redis not answering within {ANSWER_TIMEOUT_S:g} s (stopped, "
+                            "overloaded or cut off?)") from None
+        raise
 
 
 def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:

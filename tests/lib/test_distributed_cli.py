@@ -108,7 +108,7 @@ def test_stats_counts_the_queue(capsys, url, queue):
     code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "stats", "--json")
     assert code == 0
     assert json.loads(out) == {"queue": queue, "stream": 3, "pending": 0, "lag": 3,
-                               "delayed": 0, "dead": 0, "consumers": 0}
+                               "delayed": 0, "dead": 0, "consumers": 0, "stale": 0}
     code, out, _ = cli(capsys, "stats", "--redis-url", url, "--queue", queue)
     assert code == 0 and "stream     3" in out.splitlines()
 
@@ -586,3 +586,89 @@ def test_aiomonitor_port_usage_errors_exit_2_in_one_line(capsys, monkeypatch, ca
             "not installed": "--aiomonitor-port needs aiomonitor: pip install aiomonitor"}
     assert says[case] in err
     assert len(err.splitlines()) == 1  # that line only: no traceback, the worker never started
+
+
+# --- edges: options and URLs that cannot work, exit 2 ----------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["worker", "--app", APP, "--visibility-timeout", "inf"], "must be a finite number"),
+    (["worker", "--app", APP, "--block", "inf", "--visibility-timeout", "inf"],
+     "must be a finite number"),
+    (["enqueue", "add", "1", "2", "--job-id", ""], "field 'id' must be 1-200"),
+    (["dead", "requeue", "--all", "--app", "nope:registry"], "no module named 'nope'"),
+])  # fmt: skip
+def test_options_that_cannot_work_exit_2_in_one_line(capsys, url, argv, says):
+    code, out, err = cli(capsys, "--redis-url", url, *argv)
+    assert (code, out) == (2, "")
+    # argparse's own errors come after its usage lines: the error is the last line.
+    assert says in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("redis_url", "says"), [
+    ("redis://:pa#ss@127.0.0.1:6379/0", "must be percent-encoded"),
+    ("redis://user:pa?ss@127.0.0.1:6379/0", "must be percent-encoded"),
+    ("redis://127.0.0.1:6379/0?protocol=9", "protocol must be 2 or 3"),
+])  # fmt: skip
+def test_urls_that_cannot_work_exit_2_with_what_to_change(capsys, redis_url, says):
+    code, out, err = cli(capsys, "--redis-url", redis_url, "stats")
+    assert (code, out) == (2, "")
+    assert says in err and "pa#ss" not in err and "pa?ss" not in err
+    assert "port must be a number" not in err and "Traceback" not in err
+
+
+# --- what Redis holds, printed safely --------------------------------------------------------
+
+
+def test_dead_list_escapes_control_characters(capsys, url, queue, client):
+    """A dead letter holds what was enqueued or raised: an escape sequence in it must not
+    reach the terminal (it could recolour, retitle or rewrite the screen)."""
+    keys = QueueKeys(queue)
+    job = Job("boom", [], id="esc-1", max_attempts=1)
+    client.xadd(keys.dead, {"reason": "gave up\x1b]0;pwned\x07", "error_type": "ValueError",
+                            "error": "\x1b[2J\x1b[31mred\u202egnp.exe", "origin_id": "1-0",
+                            "worker": "w", "dead_at": repr(time.time()), "job": job.encode()})
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "list")
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "gave up\\x1b]0;pwned\\x07" in out and "\\x1b[31mred\\u202egnp.exe" in out
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "list", "--json")
+    [letter] = json.loads(out)
+    assert letter["error"] == "\x1b[2J\x1b[31mred\u202egnp.exe"  # data, as it was
+
+
+def test_stats_counts_stale_consumers_apart(capsys, url, queue, client):
+    """A consumer idle longer than --stale-after (a killed worker's) is counted apart."""
+    keys = QueueKeys(queue)
+    client.xgroup_create(keys.stream, keys.group, id="0", mkstream=True)
+    client.xgroup_createconsumer(keys.stream, keys.group, "killed")
+    time.sleep(0.3)  # idle 300 ms, over the 0.2 s asked for below
+    client.xgroup_createconsumer(keys.stream, keys.group, "alive")
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "stats", "--json",
+                       "--stale-after", "0.2")
+    counts = json.loads(out)
+    assert code == 0 and (counts["consumers"], counts["stale"]) == (2, 1)
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue, "stats")
+    assert code == 0 and "stale      0" in out.splitlines()  # default: idle over 30 s
+
+
+# --- dead requeue: with --app, refused as the library refuses --------------------------------
+
+
+def test_dead_requeue_with_app_refuses_tasks_it_does_not_register(capsys, url, queue, client):
+    keys = QueueKeys(queue)
+    known = Job("add", [1, 2], id="k-1")
+    unknown = Job("gone_task", [], id="u-1")
+    for job in (known, unknown):
+        client.xadd(keys.dead, {"reason": "test", "job": job.encode()})
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "requeue",
+                         "--all", "--app", APP)
+    assert code == 1
+    assert out.endswith("requeued: job k-1\n") and len(out.splitlines()) == 1
+    assert "unknown task 'gone_task'" in err and "requeued 1, refused 1" in err
+    assert [Job.decode(f[b"job"]).id for _, f in client.xrange(keys.stream)] == ["k-1"]
+    assert client.xlen(keys.dead) == 1  # still there, for a worker that knows it
+    # Without --app it cannot check, and says so.
+    code, out, err = cli(capsys, "--redis-url", url, "--queue", queue, "dead", "requeue",
+                         "--all")
+    assert code == 0 and "requeued: job u-1" in out and "no --app" in err
