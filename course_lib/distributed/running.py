@@ -70,6 +70,7 @@ class _Running:
     """Run delivered entries to their settlement; mixed into ``Worker``, which sets these."""
 
     name: str
+    redis: Any  # redis.asyncio.Redis
     registry: TaskRegistry
     keys: QueueKeys
     visibility_timeout_s: float
@@ -495,6 +496,8 @@ class _Running:
                         logger.error("worker %s: settling %d entries failed (%r); settling "
                                      "them one at a time", self.name, len(batch), exc)
                         return [code for one in batch for code in await self._settle_many([one])]
+                    if await self._lost_with_stream(batch[0], exc):
+                        return [None]
                     logger.exception("entry %s: settle failed; it stays pending",
                                      _text(batch[0][1][0]))
                     return [None]
@@ -508,6 +511,40 @@ class _Running:
                     return [None] * len(batch)
                 await asyncio.sleep(backoff_s(failures, base_s=self.reconnect_base_s,
                                               max_s=self.reconnect_max_s))
+
+    async def _lost_with_stream(self, settle: _Settle, exc: Exception) -> bool:
+        """Record the job dead when its settle failed because the stream key was replaced.
+
+        Its entry went with the old stream: nothing is left to ack, reclaim, retry
+        into or hand back to, and without this the record would say "running" for
+        ever. Recorded dead (its waiters woken), with the reason, in one line of log;
+        a requeue runs it again. False when the stream is a stream (another failure).
+        """
+        if "WRONGTYPE" not in str(exc):
+            return False
+        try:
+            if _text(await self.redis.type(self.keys.stream)) == "stream":
+                return False  # another key of the settle was the wrong type
+            keys, _, d = settle
+            reason = (f"its stream key {self.keys.stream!r} was replaced by another type "
+                      "while it ran: the entry went with it")
+            logger.warning("entry %s: %s; job %s recorded dead", d.entry_id, reason,
+                           d.job.id if d.job else "(none)")
+            if d.job is None:
+                return True
+            ttl_ms = max(1, round(self.result_ttl_s * 1000))
+            async with self.redis.pipeline(transaction=True) as pipe:  # as SETTLE's notify()
+                pipe.hset(keys[0], mapping={"status": JobStatus.DEAD.value, "reason": reason,
+                                            "finished_at": repr(time.time())})
+                pipe.pexpire(keys[0], ttl_ms)
+                pipe.lpush(keys[1], "done")
+                pipe.pexpire(keys[1], ttl_ms)
+                pipe.publish(keys[1], "done")
+                await pipe.execute()
+        except Exception as again:
+            logger.warning("entry %s: its stream key was replaced; recording its job dead "
+                           "failed too (%r)", _text(settle[1][0]), again)
+        return True
 
     async def _end_bookkeeping(self) -> None:
         """Wait ``cancel_timeout_s`` for settles still running, then cancel them.

@@ -260,6 +260,7 @@ class Worker(_Running):
         self._next_forget = 0.0  # loop time: when to look for consumers to forget
         self._claim_cursor = "0-0"
         self._down_since: float | None = None
+        self._wrong_key = False  # the stream key holds another type: said once
         self._counts = dict.fromkeys(
             ("processed", "failed", "retried", "dead", "handed_back", "reclaimed"), 0)
 
@@ -431,7 +432,7 @@ class Worker(_Running):
                         used += await self._start(
                             [(_text(entry_id), fields, None) for entry_id, fields in
                              _entries(reply)])
-                self._redis_up()
+                self._redis_up(read=True)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -700,6 +701,15 @@ class Worker(_Running):
             if failures == 1:  # once per streak: it may last
                 logger.warning("worker %s: Redis out of memory while %s (%s); retrying with "
                                "backoff", self.name, doing, exc)
+        elif _stream_replaced(exc):
+            # Its key deleted under a read, or holding a string, a hash...: said once
+            # per window, not a traceback per retry (the backoff bounds the retries).
+            if not self._wrong_key:
+                self._wrong_key = True
+                logger.warning("worker %s: the stream key %r is not a stream while %s (%s): "
+                               "replaced or deleted under the worker? Retrying with backoff "
+                               "until it is one again", self.name, self.keys.stream, doing,
+                               exc)
         elif isinstance(exc, _REDIS_DOWN):
             if self._down_since is None:
                 self._down_since = time.monotonic()
@@ -711,7 +721,11 @@ class Worker(_Running):
         await self._sleep(backoff_s(failures, base_s=self.reconnect_base_s,
                                     max_s=self.reconnect_max_s))
 
-    def _redis_up(self) -> None:
+    def _redis_up(self, *, read: bool = False) -> None:
+        if self._wrong_key and read:  # only a read says the stream is one again
+            logger.warning("worker %s: the stream key %r is a stream again", self.name,
+                           self.keys.stream)
+            self._wrong_key = False
         if self._down_since is not None:
             logger.warning("worker %s: Redis reachable again after %.1f s", self.name,
                            time.monotonic() - self._down_since)
@@ -724,6 +738,12 @@ class Worker(_Running):
                 await (wake or self._stop_requested).wait()
         except TimeoutError:
             pass
+
+
+def _stream_replaced(exc: Exception) -> bool:
+    """True for the errors of a stream key deleted under a BLOCK read or holding another type."""
+    return isinstance(exc, redis.exceptions.ResponseError) and (
+        str(exc).startswith(("WRONGTYPE", "UNBLOCKED the stream key no longer exists")))
 
 
 class _NoAnswer(redis.exceptions.TimeoutError):
