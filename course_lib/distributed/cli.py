@@ -44,7 +44,7 @@ one line and the next sample tries again.
 ``Queue`` with a registry does. ``dead requeue --app`` refuses letters of tasks
 the app does not register, as ``Queue.requeue_dead`` with a registry does (without
 it nothing can be checked: such a job dies again at once). Data goes to stdout,
-messages to stderr, text from Redis with its control characters escaped (``\x1b``);
+messages to stderr, text from Redis with its control characters escaped (``\\x1b``);
 passwords never show (``mask_url``).
 ``stats`` counts the consumers in the group and, apart, the ``stale`` ones: idle
 longer than ``--stale-after`` (default 30 s, the worker's default visibility
@@ -67,7 +67,7 @@ Exit codes:
          entries, or Redis answered a command with an error
     2    usage error: bad arguments, no Redis URL, a bad --app, a --metrics-port
          or --aiomonitor-port that cannot be listened on, aiomonitor not installed
-    3    Redis unreachable
+    3    Redis unreachable, or not answering (a frozen server: see above)
     4    timed out waiting (enqueue --wait SECONDS)
     130  interrupted (Ctrl-C outside the worker's graceful stop, stats --watch included)
 """
@@ -218,14 +218,12 @@ def _parser() -> argparse.ArgumentParser:
                         help="jobs run at once (default 10)")
     worker.add_argument("--name", help="consumer name, unique per worker (default host-pid-random)")
     worker.add_argument("--visibility-timeout", type=_positive(float, finite=True),
-                        default=30.0,
-                        metavar="S", help="idle seconds before a dead worker's job is "
-                        "reclaimed (default 30)")
+                        default=30.0, metavar="S", help="idle seconds before a dead "
+                        "worker's job is reclaimed (default 30)")
     worker.add_argument("--grace", type=_positive(float, zero=True), default=10.0, metavar="S",
                         help="seconds running jobs get to finish at stop (default 10)")
     worker.add_argument("--block", type=_positive(float, finite=True), default=1.0,
-                        metavar="S",
-                        help="longest wait of one read (default 1)")
+                        metavar="S", help="longest wait of one read (default 1)")
     worker.add_argument("--job-timeout", type=_positive(float), default=300.0, metavar="S",
                         help="longest run of a job with no timeout of its own (default 300)")
     worker.add_argument("--metrics-port", type=_port, metavar="PORT",
@@ -314,7 +312,8 @@ def _add_common(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 
 
 def _positive(kind: type, *, zero: bool = False, finite: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a number > 0 (>= 0 with ``zero``), finite or inf, not NaN."""
+    """An argparse type: a number > 0 (>= 0 with ``zero``), finite or inf (finite only
+    with ``finite``), not NaN."""
 
     def parse(text: str) -> Any:
         try:
@@ -701,7 +700,7 @@ def _letter_line(letter: DeadLetter) -> str:
 
 
 def _printable(text: str) -> str:
-    """``text`` with control and format characters escaped (``\x1b``, ``\u202e``).
+    """``text`` with control and format characters escaped (``\\x1b``, ``\\u202e``).
 
     A dead letter holds whatever was enqueued or raised: printed raw, an escape
     sequence in it would move the cursor, recolour or retitle the reader's terminal.
