@@ -54,9 +54,9 @@ PROTOCOL = 2
 
 # A reachable server answers on a LAN within milliseconds; a wrong host should
 # fail while the learner is still looking at the cell, not after a minute. It
-# bounds the TCP connect (socket_connect_timeout) and, again, connect()'s first
-# reply: a server that accepts and never answers (SIGSTOP, a silent proxy, not
-# Redis at all) fails after twice this at most.
+# bounds the TCP connect (socket_connect_timeout), and connect()'s ping (connect,
+# handshake, PING) gets that plus this once more: a server that accepts and never
+# answers (SIGSTOP, a silent proxy, not Redis at all) fails after 4 s.
 CONNECT_TIMEOUT_S = 2.0
 
 _SCHEMES = ("redis", "rediss", "unix")
@@ -122,7 +122,8 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
     With ``ping`` the server is asked once, so a wrong address fails here
     (``RedisUnavailable``) rather than at the first command; so does a server
     that accepts the connection and does not answer (frozen, overloaded, not
-    Redis): the handshake and PING get ``CONNECT_TIMEOUT_S`` after the connect.
+    Redis): the ping, connect included, gets ``socket_connect_timeout`` +
+    ``CONNECT_TIMEOUT_S`` (4 s by default).
     Later commands have no such bound (``socket_timeout`` None): bound your own
     waits. A malformed URL (``?protocol=9`` included) raises ``ValueError``.
     Close the client with ``await r.aclose()``.
@@ -159,9 +160,9 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
             raise ValueError(f"malformed Redis URL {shown!r}: protocol must be 2 or 3, "
                              f"not {_scrub(str(protocol), url)!r}; {_EXPECTED}")
     if ping:
-        # The connect has its own bound (socket_connect_timeout); what follows (the
-        # handshake, PING) gets CONNECT_TIMEOUT_S more: with no socket_timeout, a
-        # server that accepts and never answers would otherwise hold us for ever.
+        # The connect has its own bound (socket_connect_timeout); the ping as a whole
+        # (connect, handshake, PING) gets CONNECT_TIMEOUT_S more: with no socket_timeout,
+        # a server that accepts and never answers would otherwise hold us for ever.
         bound_s = (kw.get("socket_connect_timeout") or 0) + CONNECT_TIMEOUT_S
         try:
             async with asyncio.timeout(bound_s if url is not None else None) as scope:

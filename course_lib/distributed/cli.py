@@ -51,14 +51,14 @@ longer than ``--stale-after`` (default 30 s, the worker's default visibility
 timeout), as a killed worker's consumer is until something deletes it.
 
 A frozen Redis (it accepts connections and never answers: SIGSTOP, an overloaded
-or partitioned server) ends a command with exit 3: connecting waits at most
-``CONNECT_TIMEOUT_S`` for the TCP connect and as long again for the first reply
-(``course_lib.redis.connect``), and each later step of a command (one request, or
-one page of ``dead requeue``) at most ``REPLY_TIMEOUT_S`` (5 s). ``enqueue --wait
-SECONDS`` exits 4 at its deadline even then (at most ``WAIT_SLACK_S`` later);
-``--wait`` with no SECONDS waits until the job ends or Ctrl-C, whatever Redis does.
-A worker's BLOCK reads wait as long as they should; its maintenance step is bounded
-instead, and it logs once when Redis stops answering, and once when it answers again.
+or partitioned server) ends a command with exit 3: connecting and the first reply
+take at most twice ``CONNECT_TIMEOUT_S``, 4 s (``course_lib.redis.connect``), and
+each later step of a command (one request, or one page of ``dead requeue``) at most
+``REPLY_TIMEOUT_S`` (5 s). ``enqueue --wait SECONDS`` exits 4 at its deadline even
+then (at most ``WAIT_SLACK_S`` later); ``--wait`` with no SECONDS waits until the
+job ends or Ctrl-C, whatever Redis does. A worker's BLOCK reads wait as long as they
+should; its maintenance step is bounded instead (``worker.ANSWER_TIMEOUT_S``), so it
+logs once when Redis stops answering, and once when it answers again.
 
 Exit codes:
 
