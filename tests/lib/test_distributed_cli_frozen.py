@@ -55,7 +55,7 @@ class SilentListener:
             self._open.append(conn)
 
     def close(self) -> None:
-        self.sock.close()
+        _close_listening(self.sock)
         for conn in self._open:
             conn.close()
         self._thread.join(timeout=10)
@@ -110,13 +110,20 @@ class FreezingProxy:
                 return
 
     def close(self) -> None:
-        self.sock.close()
+        _close_listening(self.sock)
         for sock in self._sockets:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
         for thread in self._threads:
             thread.join(timeout=10)
+
+
+def _close_listening(sock: socket.socket) -> None:
+    # shutdown() first: close() alone does not wake a thread blocked in accept().
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 @pytest.fixture
@@ -165,6 +172,28 @@ def test_a_silent_server_ends_each_command_with_exit_3(silent, command):
     assert done.returncode == 3, done.stderr
     assert "did not answer" in done.stderr and "s3cret" not in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("command", "trigger", "doing"), [
+    (["stats"], b"XLEN", "counting"),
+    (["enqueue", "add", "1", "2"], b"EVAL", "enqueueing"),
+    (["dead", "list"], b"XRANGE", "reading dead letters"),
+    (["dead", "requeue", "--all"], b"XRANGE", "listing dead letters"),
+])  # fmt: skip
+def test_a_redis_that_freezes_after_the_connect_ends_a_command_with_exit_3(queue, command,
+                                                                           trigger, doing):
+    """It answered the connect's PING, then nothing: each step has a bound of its own."""
+    server = serve_fake_tcp()
+    proxy = FreezingProxy(server.port, trigger)
+    try:
+        done = run_cli("--redis-url", proxy.url, "--queue", queue, *command)
+        assert proxy.frozen.is_set()
+    finally:
+        proxy.close()
+        server.stop()
+    assert done.returncode == 3, done.stderr
+    assert f"did not answer within 5 s ({doing})" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("trigger", [b"HGETALL", b"PSUBSCRIBE"])
