@@ -35,10 +35,11 @@ task factory records where each task was created, at a cost: about 0.1 ms per ta
 created (measured: 10,000 empty tasks 0.085 s plain, 1.1 s with it).
 ``stats --watch`` prints the counts every ``--interval`` seconds (``--count N``
 samples, else until SIGTERM, exit 0, or Ctrl-C, exit 130), each with its change per
-second since the previous sample; on a terminal it redraws in place. The stream's
-change is enqueued minus settled, not a throughput: the jobs done per second are the
-workers' ``course_queue_processed_total`` metric. A Redis error while watching prints
-one line and the next sample tries again.
+second since the previous sample, then the jobs done per second (from XINFO STREAM's
+``entries-added``: see ``course_lib.monitor.queue_figures``) and the entries in flight
+per worker with its idle time; on a terminal it redraws in place. The stream's change
+is enqueued minus settled, not a throughput. A Redis error while watching prints one
+line and the next sample tries again.
 ``enqueue`` sends what it is given (3 attempts, no timeout, unless told); with
 ``--app`` it refuses unknown tasks and uses the task's own settings, as a
 ``Queue`` with a registry does. ``dead requeue --app`` refuses letters of tasks
@@ -97,6 +98,7 @@ import redis.asyncio
 import redis.exceptions
 
 from ..lifecycle import GracefulShutdown
+from ..monitor.queue_figures import COUNTS, QueueSample, read_queue_figures
 from ..monitor.watchdog import LoopWatchdog
 from ..redis import RedisUnavailable, _scrub, connect, mask_url
 from .job import InvalidJob, Job, JobFailed, JobNotFound, TaskRegistry
@@ -559,7 +561,6 @@ async def _stats(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
 
 
 _CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen: only on a terminal
-_RATED = ("stream", "pending", "lag", "delayed", "dead")  # consumers: a count, no rate
 
 
 async def _counts(queue: Queue, stale_after_s: float) -> dict[str, int]:
@@ -582,29 +583,27 @@ async def _counts(queue: Queue, stale_after_s: float) -> dict[str, int]:
 
 
 async def _watch(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
-    """``stats --watch``: sample, print, sleep ``--interval``; until --count, SIGTERM or SIGINT."""
+    """``stats --watch``: sample, print, sleep ``--interval``; until --count, SIGTERM or SIGINT.
+
+    Each sample is one bounded, pipelined read (``course_lib.monitor.queue_figures``,
+    the figures of chapter 5's dashboard); rates are taken against the last good one.
+    """
     queue = Queue(client, args.queue)
     interval = args.interval or 1.0
     redraw = sys.stdout.isatty() and not args.json
-    loop = asyncio.get_running_loop()
-    previous: tuple[float, dict[str, int]] | None = None
+    previous: QueueSample | None = None
     samples = 0
     async with GracefulShutdown() as stop:
         while not stop.is_set():
             try:  # bounded: a server that stops answering is an error line, not a hang
-                counts = await asyncio.wait_for(_counts(queue, args.stale_after),
-                                                max(interval, 5.0))
+                previous = await read_queue_figures(queue, previous,
+                                                    timeout_s=max(interval, 5.0))
             except (TimeoutError, redis.exceptions.RedisError, OSError) as exc:
                 reason = _scrub(str(exc) or type(exc).__name__, args.url).splitlines()[0]
                 print(f"{time.strftime('%H:%M:%S')} Redis at {mask_url(args.url)}: "
                       f"{type(exc).__name__}: {reason}", file=sys.stderr, flush=True)
             else:
-                now = loop.time()
-                rates = None if previous is None else {
-                    name: (counts[name] - previous[1][name]) / max(now - previous[0], 1e-9)
-                    for name in _RATED}
-                previous = (now, counts)
-                print(_watch_block(args, counts, rates, samples + 1, redraw), end="", flush=True)
+                print(_watch_block(args, previous, samples + 1, redraw), end="", flush=True)
             samples += 1
             if args.count is not None and samples >= args.count:
                 return EXIT_OK
@@ -616,18 +615,30 @@ async def _watch(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
     return EXIT_OK
 
 
-def _watch_block(args: argparse.Namespace, counts: dict[str, int],
-                 rates: dict[str, float] | None, sample: int, redraw: bool) -> str:
+def _watch_block(args: argparse.Namespace, q: QueueSample, sample: int, redraw: bool) -> str:
+    counts = {name: getattr(q, name) for name in COUNTS}
+    stale = {name for name, idle_s in q.idle_s.items() if idle_s > args.stale_after}
+    counts["stale"] = len(stale)
     if args.json:
         return json.dumps({"queue": args.queue, **counts, "time": time.time(),
-                           "rates": rates}) + "\n"
+                           "rates": q.rates, "done": q.done, "done_per_s": q.done_per_s,
+                           "in_flight": q.in_flight, "idle_s": q.idle_s}) + "\n"
     lines = [f"{time.strftime('%Y-%m-%d %H:%M:%S')}  sample {sample}, every "
              f"{args.interval or 1.0:g} s  (Ctrl-C stops)"]
     for name, value in {"queue": args.queue, **counts}.items():
         line = f"{name:<10} {value}"
-        if rates is not None and name in rates:
-            line = f"{line:<22} {rates[name]:+.1f}/s"
+        if q.rates is not None and name in q.rates:
+            line = f"{line:<22} {q.rates[name]:+.1f}/s"
         lines.append(line)
+    if q.done_per_s is not None:
+        lines.append(f"{'done/s':<10} {q.done_per_s:.1f}   ({q.done} in the last "
+                     f"{q.interval_s:.1f} s)")
+    else:  # the first sample has no interval; Redis < 7 reports no entries-added
+        lines.append(f"{'done/s':<10} {'-' if q.rates is None else 'n/a'}")
+    if q.in_flight:
+        lines.append(f"{'in_flight':<10} " + " | ".join(
+            f"{name} {n}, idle {q.idle_s.get(name, 0):.1f} s" + (" (stale)" * (name in stale))
+            for name, n in q.in_flight.items()))
     return (_CLEAR if redraw else "") + "\n".join(lines) + ("\n" if redraw else "\n\n")
 
 

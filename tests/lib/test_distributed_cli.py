@@ -139,6 +139,34 @@ def test_stats_watch_prints_one_block_per_sample_with_rates(capsys, url, queue):
     assert set(second["rates"]) == {"stream", "pending", "lag", "delayed", "dead"}
 
 
+def test_stats_watch_shows_done_per_second_and_what_each_worker_holds(capsys, url, queue,
+                                                                       client):
+    """The dashboard's figures in a terminal: done/s, and in flight per worker with idle."""
+    keys = QueueKeys(queue)
+    for n in range(3):
+        cli(capsys, "--redis-url", url, "--queue", queue, "enqueue", "add", n, n)
+    client.xgroup_create(keys.stream, keys.group, id="0")
+    [[_, [(held, _)]]] = client.xreadgroup(keys.group, "w1", {keys.stream: ">"}, count=1)
+    client.xack(keys.stream, keys.group, held)  # one job settled, as a worker does
+    client.xdel(keys.stream, held)
+    client.xreadgroup(keys.group, "w1", {keys.stream: ">"}, count=1)  # one held by w1
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue,
+                       "stats", "--watch", "--count", "2", "--interval", "0.05")
+    first, second = ([line.split() for line in block.splitlines()]
+                     for block in out.strip().split("\n\n"))
+    assert code == 0
+    assert ["done/s", "-"] in first  # no interval yet
+    assert any(line[:2] == ["done/s", "0.0"] for line in second)
+    assert any(line[:3] == ["in_flight", "w1", "1,"] for line in second)
+    code, out, _ = cli(capsys, "--redis-url", url, "--queue", queue,
+                       "stats", "--watch", "--json", "--count", "2", "--interval", "0.05")
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert (first["done"], first["done_per_s"]) == (None, None)
+    assert second["done"] == 0 and second["done_per_s"] == 0.0
+    assert second["in_flight"] == {"w1": 1} and set(second["idle_s"]) == {"w1"}
+    assert (second["stream"], second["pending"], second["stale"]) == (2, 1, 0)
+
+
 def _figures(lines: list[str]) -> dict[str, list[str]]:
     return {line.split()[0]: line.split()[1:] for line in lines[2:]}  # past the time, queue
 
