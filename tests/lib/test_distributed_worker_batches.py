@@ -119,9 +119,14 @@ async def test_a_settle_whose_reply_is_lost_is_sent_again_and_settles_once(redis
     registry = TaskRegistry()
     runs: Counter[int] = Counter()
 
+    async def parked() -> bool:
+        return worker._parked
+
     @registry.task
     async def work(n: int) -> int:
         runs[n] += 1
+        if with_read:  # every slot held until the reader waits for one: the settle reads too
+            await eventually(parked)
         return n * 10
 
     queue = Queue(redis)
