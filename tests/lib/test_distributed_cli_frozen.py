@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -160,40 +162,58 @@ def stopped(proc: subprocess.Popen[bytes]) -> Iterator[None]:
 # --- the CLI gives up: exit 3, or exit 4 at the --wait deadline ------------------------------
 
 
-@pytest.mark.parametrize("command", [
+SILENT_COMMANDS = [
     ["stats"],
     ["enqueue", "add", "1", "2"],
     ["enqueue", "add", "1", "2", "--wait", "5"],
     ["dead", "list"],
     ["dead", "requeue", "--all"],
-])  # fmt: skip
-def test_a_silent_server_ends_each_command_with_exit_3(silent, command):
-    done = run_cli("--redis-url", silent.url, *command)
-    assert done.returncode == 3, done.stderr
-    assert "did not answer" in done.stderr and "s3cret" not in done.stderr
-    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+]
 
 
-@pytest.mark.parametrize(("command", "trigger", "doing"), [
+def run_together(runs: list) -> list:
+    """Each of ``runs`` (a function, no argument) in a thread of its own, together: every
+    one waits out a bound of seconds by design, so side by side they take one bound."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        return list(pool.map(lambda run: run(), runs))
+
+
+def test_a_silent_server_ends_each_command_with_exit_3(silent):
+    results = run_together([functools.partial(run_cli, "--redis-url", silent.url, *command)
+                            for command in SILENT_COMMANDS])
+    for command, done in zip(SILENT_COMMANDS, results, strict=True):
+        assert done.returncode == 3, (command, done.stderr)
+        assert "did not answer" in done.stderr and "s3cret" not in done.stderr, command
+        assert "Traceback" not in done.stderr, command
+        assert len(done.stderr.strip().splitlines()) == 1, (command, done.stderr)
+
+
+FREEZES = [
     (["stats"], b"XLEN", "counting"),
     (["enqueue", "add", "1", "2"], b"EVAL", "enqueueing"),
     (["dead", "list"], b"XRANGE", "reading dead letters"),
     (["dead", "requeue", "--all"], b"XRANGE", "listing dead letters"),
-])  # fmt: skip
-def test_a_redis_that_freezes_after_the_connect_ends_a_command_with_exit_3(queue, command,
-                                                                           trigger, doing):
+]
+
+
+def test_a_redis_that_freezes_after_the_connect_ends_a_command_with_exit_3(queue):
     """It answered the connect's PING, then nothing: each step has a bound of its own."""
-    server = serve_fake_tcp()
-    proxy = FreezingProxy(server.port, trigger)
+    servers = [serve_fake_tcp() for _ in FREEZES]
+    proxies = [FreezingProxy(server.port, trigger)
+               for server, (_, trigger, _) in zip(servers, FREEZES, strict=True)]
     try:
-        done = run_cli("--redis-url", proxy.url, "--queue", queue, *command)
-        assert proxy.frozen.is_set()
+        results = run_together([
+            functools.partial(run_cli, "--redis-url", proxy.url, "--queue", queue, *command)
+            for proxy, (command, _, _) in zip(proxies, FREEZES, strict=True)])
+        assert all(proxy.frozen.is_set() for proxy in proxies)
     finally:
-        proxy.close()
-        server.stop()
-    assert done.returncode == 3, done.stderr
-    assert f"did not answer within 5 s ({doing})" in done.stderr
-    assert "Traceback" not in done.stderr
+        for proxy, server in zip(proxies, servers, strict=True):
+            proxy.close()
+            server.stop()
+    for (command, _, doing), done in zip(FREEZES, results, strict=True):
+        assert done.returncode == 3, (command, done.stderr)
+        assert f"did not answer within 5 s ({doing})" in done.stderr, command
+        assert "Traceback" not in done.stderr, command
 
 
 @pytest.mark.parametrize("trigger", [b"HGETALL", b"PSUBSCRIBE"])
@@ -220,9 +240,10 @@ def test_a_stopped_redis_server_ends_commands_with_exit_3(redis_server_factory, 
     url = server.url
     assert server._proc is not None
     with stopped(server._proc):
-        stats = run_cli("--redis-url", url, "--queue", queue, "stats")
-        enqueue = run_cli("--redis-url", url, "--queue", queue, "enqueue", "add", "1", "2",
-                          "--wait", "5")
+        stats, enqueue = run_together([
+            functools.partial(run_cli, "--redis-url", url, "--queue", queue, "stats"),
+            functools.partial(run_cli, "--redis-url", url, "--queue", queue, "enqueue", "add",
+                              "1", "2", "--wait", "5")])
     for done in (stats, enqueue):
         assert done.returncode == 3 and "did not answer" in done.stderr, done.stderr
     # Resumed: the same commands work again.
