@@ -8,6 +8,15 @@ line of the test's docstring), its outcome, and a one-line message shaped by
 
     python -m pytest tests/exercises -p course_lib._grading_plugin \\
         --target exercises --exercise 0.1 --grading-json /tmp/rows.json
+
+The grader reads the rows from a pipe (``--grading-fd``) rather than a file: a file's
+path is in ``sys.argv``, where the code under test could find it and rewrite it at
+exit. Each message is one line of JSON, the whole state; the last says ``"final"``.
+
+Each graded module is imported once, before the first of its checks and under that
+check's time bound, whatever it does at import (``sys.exit()``, ``os._exit()``, a loop
+that never ends): the checks of a module that does not import fail at once with why,
+and the other modules are graded as usual.
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ __all__ = [
     "UNEXPECTED",
     "human_message",
     "hung_message",
+    "import_hung_message",
     "import_message",
 ]
 
 import gc
+import importlib
 import importlib.machinery
 import importlib.util
 import json
@@ -79,6 +90,14 @@ def human_message(exc: BaseException, *, raised_by_learner: bool = False) -> str
     if isinstance(exc, pytest.skip.Exception):
         return _shorten(f"skipped: {_first_line(exc.msg or '')}")
     return _shorten(f"raised {_exception_summary(exc)}")
+
+
+def import_hung_message(path: str, bound_s: float) -> str:
+    """The rows of a module whose import was stopped after ``bound_s`` seconds."""
+    return _shorten(
+        f"{path} took too long to import: stopped after {bound_s:g} s. Does it run a loop "
+        "or wait for something when imported?"
+    )
 
 
 def import_message(
@@ -169,6 +188,26 @@ def _shorten(text: str) -> str:
 # --- pinning a submitted folder as the target package -----------------------------------
 
 
+class _OnlyFrom:
+    """A meta path finder: the submodules of ``name`` come from its own folder, or not at all.
+
+    The editable install's finder maps ``exercises`` to the course's checkout by name:
+    without this, a module missing from a submitted folder is imported from there, and
+    the teacher's copy is graded instead.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if not fullname.startswith(f"{self.name}."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return spec
+
+
 def _pin_package(name: str, folder: Path) -> None:
     """Import the package ``name`` from ``folder``, whatever else sys.path holds.
 
@@ -194,6 +233,7 @@ def _pin_package(name: str, folder: Path) -> None:
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    sys.meta_path.insert(0, _OnlyFrom(name))
     if spec.loader is not None:
         spec.loader.exec_module(module)
 
@@ -230,6 +270,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="import the --target package from DIR (a submitted copy of exercises/)",
     )
+    group.addoption(
+        "--grading-fd",
+        type=int,
+        default=None,
+        metavar="FD",
+        help="write the rows to file descriptor FD, one JSON line per change (the grader's pipe)",
+    )
+    group.addoption(
+        "--grading-skip-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="leave out the grading tests of MODULE (the grader has their rows already)",
+    )
+    group.addoption(
+        "--grading-label",
+        default=None,
+        metavar="PATH",
+        help="the graded folder as the learner knows it, for messages (PATH/ch00_warmup.py)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -238,8 +298,26 @@ def pytest_configure(config: pytest.Config) -> None:
     folder = config.getoption("--grading-package-dir")
     if folder:
         _pin_package(config.getoption("--target"), Path(folder).resolve())
-    if config.getoption("--exercise") or config.getoption("--grading-json"):
-        config.pluginmanager.register(_Recorder(config), "course-grading-recorder")
+    if (
+        config.getoption("--exercise")
+        or config.getoption("--grading-json")
+        or config.getoption("--grading-fd") is not None
+    ):
+        recorder = _Recorder(config)
+        config.pluginmanager.register(recorder, "course-grading-recorder")
+        config.pluginmanager.register(_ImportFirst(recorder), "course-grading-import-first")
+
+
+class _ImportFirst:
+    """The recorder's plain (not wrapper) pytest_runtest_protocol: one name, one per plugin."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        self.recorder = recorder
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem) -> bool | None:
+        # Inside every wrapper, pytest-timeout's too: the import has the check's bound.
+        return self.recorder.import_first(item)
 
 
 class _Recorder:
@@ -256,6 +334,11 @@ class _Recorder:
         self.config = config
         self.wanted = set(config.getoption("--exercise"))
         self.path = config.getoption("--grading-json")
+        self.fd: int | None = config.getoption("--grading-fd")
+        self.pid = os.getpid()  # a fork of this process (the code under test's) never writes
+        self.skip_modules = set(config.getoption("--grading-skip-module"))
+        self.label = config.getoption("--grading-label")
+        self.imported: dict[str, str | None] = {}  # module -> why it does not import, or None
         self.target = config.getoption("--target")
         self.after_hang_s = config.getoption("--grading-after-hang-timeout")
         self.rows: dict[str, dict[str, Any]] = {}
@@ -269,13 +352,15 @@ class _Recorder:
         for item in items:
             mark = item.get_closest_marker("exercise")
             exercise = str(mark.args[0]) if mark and mark.args else None
-            if self.wanted and exercise not in self.wanted:
+            module = getattr(getattr(item, "module", None), "MODULE", None)
+            if (self.wanted and exercise not in self.wanted) or module in self.skip_modules:
                 dropped.append(item)
                 continue
             kept.append(item)
             self.rows[item.nodeid] = {
                 "test": item.nodeid,
                 "exercise": exercise,
+                "module": module,
                 "description": _description(item),
                 "outcome": None,
                 "message": "",
@@ -329,6 +414,53 @@ class _Recorder:
             self._write()
         return (yield)
 
+    def import_first(self, item: pytest.Item) -> bool | None:
+        """Import the check's module once, and skip the check if it does not import."""
+        row = self.rows.get(item.nodeid)
+        module = getattr(getattr(item, "module", None), "MODULE", None)
+        if row is None or not isinstance(module, str):
+            return None
+        if module not in self.imported:
+            self.imported[module] = self._import_once(module)
+        failure = self.imported[module]
+        if failure is None:
+            return None
+        # Not run: pytest's own protocol would import the module again, per check.
+        row["outcome"], row["message"] = "failed", failure
+        self.current = None
+        self._write()
+        return True
+
+    def _import_once(self, module: str) -> str | None:
+        """Import the graded ``module``: None, or why it does not import, in one line."""
+        qualified = f"{self.target}.{module}"
+        if qualified in sys.modules:
+            return None
+        path = self._display(module)
+        if self.current is not None:
+            self.current["importing"] = {"module": module, "path": path}
+            self._write()
+        try:
+            importlib.import_module(qualified)
+        except BaseException as exc:  # sys.exit(), KeyboardInterrupt: they are the module's
+            if _can_alarm():
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            bound = _real_time_bound(exc)
+            if bound is not None:
+                return import_hung_message(path, bound)
+            folder = self._target_folder()
+            return import_message(exc, path, module=qualified, line=_last_line_in(exc, folder))
+        finally:
+            if self.current is not None:
+                self.current.pop("importing", None)
+                self._write()  # a check that hangs from now on is not the import's
+        return None
+
+    def _display(self, module: str) -> str:
+        if self.label:
+            return f"{self.label}/{module}.py"
+        return _display_path(self._target_folder(), module, self.target)
+
     @pytest.hookimpl(optionalhook=True, tryfirst=True)
     def pytest_timeout_set_timer(self, item: pytest.Item, settings) -> bool | None:
         bound = float(settings.timeout or 0)
@@ -372,8 +504,13 @@ class _Recorder:
         self.current = None
         self._write()
 
+    @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        self._write()
+        self._write(final=True)
+        if self.fd is not None and os.getpid() == self.pid:
+            # Closed: an atexit handler of the code under test cannot send rows after it.
+            os.close(self.fd)
+            self.fd = None
 
     def _update(self, row: dict, item: pytest.Item, call: pytest.CallInfo, report) -> None:
         if report.failed and call.excinfo and _real_time_bound(call.excinfo.value) is not None:
@@ -401,7 +538,7 @@ class _Recorder:
         # A failed import leaves no entry in sys.modules: that is how we tell "your module
         # does not import" from "your function raised ImportError when called".
         if module_name and qualified not in sys.modules and _during_import(exc):
-            path = _display_path(folder, module_name, self.target)
+            path = self._display(module_name)
             return import_message(exc, path, module=qualified, line=_last_line_in(exc, folder))
         return human_message(exc, raised_by_learner=_raised_in(exc, folder))
 
@@ -410,15 +547,22 @@ class _Recorder:
         paths = list(getattr(package, "__path__", []) or [])
         return Path(paths[0]).resolve() if paths else None
 
-    def _write(self) -> None:
-        if not self.path:
-            return
+    def _write(self, *, final: bool = False) -> None:
+        if os.getpid() != self.pid:
+            return  # a fork of the run, carrying on in the code under test
         data = {
             "target": self.target,
             "tests": list(self.rows.values()),
             "collection_errors": self.collection_errors,
             "current": self.current,
+            "final": final,
         }
+        if self.fd is not None:
+            line = (json.dumps(data) + "\n").encode()
+            while line:
+                line = line[os.write(self.fd, line) :]
+        if not self.path:
+            return
         # Written whole and renamed into place: when the grader kills a hung run, the
         # file it reads is the last complete one, never half a JSON document.
         tmp = f"{self.path}.tmp"

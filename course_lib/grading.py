@@ -45,14 +45,14 @@ import importlib.util
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+
+from course_lib.grading_run import RunResult, Submission, run_submission
+from course_lib.grading_sandbox import CourseSnapshot
 
 # The plugin's row messages; here so that importing this module needs no pytest.
 NOT_IMPLEMENTED = "not implemented yet"
@@ -123,6 +123,7 @@ class Outcome(enum.Enum):
     FAILED = "failed"  # the check ran and the behaviour was wrong
     ERROR = "error"  # setting up or cleaning up went wrong, e.g. the module does not import
     SKIPPED = "skipped"  # not counted either way
+    NOT_RUN = "not run"  # never started: the run stopped before it (counted, not passed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +167,9 @@ class GradeReport:
     target: str
     exercises: tuple[Exercise, ...]
     checks: tuple[Check, ...]
+    # What the run changed that it must not have ("the course's tests/... changed"):
+    # its grades cannot be trusted.
+    tampering: tuple[str, ...] = ()
 
     @property
     def counted(self) -> tuple[Check, ...]:
@@ -181,8 +185,12 @@ class GradeReport:
 
     @property
     def ok(self) -> bool:
-        """Every exercise in the report is solved."""
-        return bool(self.exercises) and all(self.solved(e.id) for e in self.exercises)
+        """Every exercise in the report is solved, and nothing was tampered with."""
+        return (
+            bool(self.exercises)
+            and not self.tampering
+            and all(self.solved(e.id) for e in self.exercises)
+        )
 
     def checks_of(self, exercise_id: str) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if c.exercise == exercise_id)
@@ -194,10 +202,13 @@ class GradeReport:
     @property
     def summary(self) -> str:
         solved = sum(self.solved(e.id) for e in self.exercises)
-        return (
+        text = (
             f"{solved}/{len(self.exercises)} exercises solved, "
             f"{self.passed}/{self.total} checks passed"
         )
+        if self.tampering:
+            text += f"; tampering detected: {'; '.join(self.tampering)}"
+        return text
 
     def _heading(self, exercise: Exercise) -> str:
         counted = [c for c in self.checks_of(exercise.id) if c.outcome is not Outcome.SKIPPED]
@@ -222,6 +233,8 @@ class GradeReport:
                 lines.append(f"{indent}{_mark(c)}  {c.description:<{width}}  {c.message}".rstrip())
         if several:
             lines += ["", self.summary]
+        elif self.tampering:
+            lines += ["", f"tampering detected: {'; '.join(self.tampering)}"]
         return "\n".join(lines).lstrip("\n")
 
     __repr__ = __str__
@@ -270,6 +283,7 @@ class GradeReport:
             "passed": self.passed,
             "total": self.total,
             "ok": self.ok,
+            "tampering": list(self.tampering),
         }
 
 
@@ -370,7 +384,9 @@ def grade(
         )
     name, folder = _resolve_target(target)
     status = _status(progress, ", ".join(wanted) if exercise_ids is not None else "")
-    rows = _run(
+    if not timeout_s > 0:
+        raise ValueError(f"the timeout must be a number of seconds above 0, not {timeout_s!r}")
+    rows, tampering = _run(
         name,
         folder,
         wanted,
@@ -380,6 +396,7 @@ def grade(
         per_test_timeout_s=per_test_timeout_s,
         after_hang_timeout_s=after_hang_timeout_s,
         progress=status,
+        label=_label(name, folder),
     )
     if isinstance(status, _Status):
         status.finish()
@@ -391,7 +408,7 @@ def grade(
     # Only what the table shows counts: another chapter's broken test file is not 0.1's.
     shown = {e.id for e in exercises}
     rows = [r for r in rows if r.exercise in shown]
-    return GradeReport(_label(name, folder), exercises, tuple(rows))
+    return GradeReport(_label(name, folder), exercises, tuple(rows), tampering)
 
 
 def _attribute_load_errors(rows: list[Check], exercises: Sequence[Exercise]) -> list[Check]:
@@ -568,78 +585,51 @@ def _run(
     per_test_timeout_s: float,
     after_hang_timeout_s: float = 0.0,
     progress: ProgressCallback | None = None,
-) -> list[Check]:
+    label: str = "",
+    snapshot: CourseSnapshot | None = None,
+) -> tuple[list[Check], tuple[str, ...]]:
+    """The rows of one run (grading_run.run_submission), and what it tampered with."""
     if importlib.util.find_spec("pytest") is None:
         raise GradingError("grading needs pytest: pip install -e '.[dev]'")
-    cwd = tests_dir.parents[1]
-    with tempfile.TemporaryDirectory(prefix="course-grading-") as tmp:
-        out = Path(tmp) / "rows.json"
-        cmd = [
-            sys.executable, "-m", "pytest", str(tests_dir),
-            "-p", _PLUGIN, "--target", name, "--grading-json", str(out),
-            "-q", "--tb=line", "--color=no", "-p", "no:cacheprovider",
-            "--continue-on-collection-errors", "--rootdir", str(cwd), "--confcutdir", str(cwd),
-            # On the command line, so that a PYTEST_TIMEOUT in the learner's shell
-            # does not change it.
-            f"--timeout={per_test_timeout_s:g}",
-            # asyncio's debug mode (on for the course's own test runs) records a
-            # traceback for every task and callback: the checks with a thousand tasks
-            # took 8x as long with it, and the bounds above would not fit them. What
-            # the checks judge (results, cancellation, "never awaited", "destroyed
-            # but pending") does not depend on it.
-            "-o", "asyncio_debug=false",
-            f"--grading-after-hang-timeout={after_hang_timeout_s:g}",
-            # Grading tests are neither notebooks nor property-based runs that need
-            # hypothesis's reporting; importing those two plugins took most of a check.
-            "-p", "no:nbval", "-p", "no:hypothesispytest",
-        ]  # fmt: skip
-        for ex_id in exercise_ids if select else ():
-            cmd += ["--exercise", ex_id]
-        if folder is not None:
-            cmd += ["--grading-package-dir", str(folder)]
-        watch = _Watch(out, progress)
-        code, output, stopped = _call(
-            cmd, cwd, _environment(name, folder), timeout_s, Path(tmp) / "output.txt", watch
-        )
-        data = _read(out)
-    if data is None or (not data["tests"] and code not in (0, 1, 5)):
-        if stopped:
-            return [Check(i, "all checks", False, TOO_LONG) for i in exercise_ids]
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        raise GradingError(f"the grading run failed (pytest exit code {code}):\n{tail}")
-    return _checks(data, stopped)
-
-
-def _environment(name: str, folder: Path | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["COURSE_TARGET"] = name
-    # Options from the learner's shell (say PYTEST_ADDOPTS=-x) would change what runs.
-    env.pop("PYTEST_ADDOPTS", None)
-    env.pop("PYTEST_PLUGINS", None)
-    # The plugin must come from this very course_lib; a submitted folder's parent goes
-    # first so that its modules can import each other (the plugin pins the package
-    # itself, since `python -m` puts the current folder ahead of PYTHONPATH).
-    paths = [str(Path(__file__).resolve().parents[1])]
-    if folder is not None:
-        paths.insert(0, str(folder.parent))
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
+    if folder is None and (tests_dir.parents[1] / name).is_dir():
+        # The course's own package ("exercises", "solutions"): pinned to its folder, as a
+        # submission is, since the run's current folder is a copy of the course without it.
+        folder = tests_dir.parents[1] / name
+    watch = _Watch(progress)
+    result = run_submission(
+        Submission(name, folder, label or name),
+        exercise_ids,
+        select=select,
+        tests_dir=tests_dir,
+        timeout_s=timeout_s,
+        per_test_timeout_s=per_test_timeout_s,
+        after_hang_timeout_s=after_hang_timeout_s,
+        watch=watch,
+        snapshot=snapshot,
+        stuck_grace_s=_STUCK_GRACE_S,
+    )
+    watch.finish()
+    if not result.rows and result.code not in (0, 1, 5):
+        if result.stopped:
+            return [Check(i, "all checks", False, TOO_LONG) for i in exercise_ids], ()
+        if not result.collection_errors:
+            tail = "\n".join(result.output.strip().splitlines()[-15:])
+            raise GradingError(f"the grading run failed (pytest exit code {result.code}):\n{tail}")
+    return _checks(result), tuple(result.tampering)
 
 
 class _Watch:
-    """Reads the rows file while the run goes on: what runs now, and is it stuck?"""
+    """Looks at the rows while the run goes on: what runs now, and is it stuck?"""
 
-    def __init__(self, rows: Path, progress: ProgressCallback | None) -> None:
-        self.rows = rows
+    def __init__(self, progress: ProgressCallback | None) -> None:
         self.progress = progress
         self.start = time.monotonic()
         self.data: dict | None = None
+        self.settled: dict[str, dict] = {}  # rows of an earlier attempt of the same run
         self.seen: dict[str, float] = {}  # test -> when first seen running (monotonic)
 
-    def poll(self, now: float, *, finished: bool = False) -> None:
-        self.data = _read(self.rows) or self.data
+    def poll(self, now: float, data: dict | None, *, finished: bool = False) -> None:
+        self.data = data or self.data
         if self.progress is not None:
             snapshot = self.snapshot(now)
             self.progress(dataclasses.replace(snapshot, finished=True) if finished else snapshot)
@@ -648,15 +638,16 @@ class _Watch:
         return (self.data or {}).get("current")
 
     def snapshot(self, now: float) -> Progress:
-        tests = (self.data or {}).get("tests", [])
+        tests = {**self.settled, **{t["test"]: t for t in (self.data or {}).get("tests", [])}}
+        rows = list(tests.values())
         current = self._current()
         hung = tuple(
-            (t["exercise"] or "?", t["description"], t["hung_s"]) for t in tests if "hung_s" in t
+            (t["exercise"] or "?", t["description"], t["hung_s"]) for t in rows if "hung_s" in t
         )
         progress = Progress(
             elapsed_s=now - self.start,
-            done=sum(t["outcome"] is not None for t in tests),
-            total=len(tests),
+            done=sum(t["outcome"] is not None for t in rows),
+            total=len(rows),
             hung=hung,
         )
         if current is None:
@@ -670,94 +661,25 @@ class _Watch:
             bound_s=current.get("bound") or 0.0,
         )
 
-    def stuck(self, now: float) -> bool:
+    def stuck(self, now: float, grace_s: float = _STUCK_GRACE_S) -> bool:
         """The running check is well past the bound pytest-timeout should have stopped it at."""
         current = self._current()
         if not current or not current.get("bound"):
             return False
         started = self.seen.setdefault(current["test"], now)
-        allowed = current["bound"] + current.get("teardown_s", 0.0) + _STUCK_GRACE_S
+        allowed = current["bound"] + current.get("teardown_s", 0.0) + grace_s
         return now - started > allowed
 
-
-def _call(
-    cmd: list[str],
-    cwd: Path,
-    env: dict[str, str],
-    timeout_s: float,
-    log_path: Path,
-    watch: _Watch,
-) -> tuple[int | None, str, str]:
-    """Run ``cmd``; ``(exit code, output, why it was stopped)``.
-
-    Stopped and killed, with all it started: at the deadline ("deadline"), or when a
-    check runs well past its per-check bound ("stuck"), which means its code caught
-    pytest-timeout's exception or blocks where a signal cannot reach.
-    """
-    posix = os.name == "posix"
-    deadline = time.monotonic() + timeout_s
-    stopped = ""
-    with open(log_path, "w+", encoding="utf-8", errors="replace") as log:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            # A file, not a pipe: nobody reads a pipe while we wait, and a full one
-            # would block the run.
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Its own process group, so that the kill reaches whatever the learner's code
-            # started too (a subprocess, a server) and the notebook gets its prompt back.
-            start_new_session=posix,
-        )
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=_POLL_S)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                now = time.monotonic()
-                watch.poll(now)
-                if now >= deadline:
-                    stopped = "deadline"
-                elif watch.stuck(now):
-                    stopped = "stuck"
-                if stopped:
-                    _kill(proc, posix)
-                    proc.wait()
-                    break
-        except BaseException:  # KeyboardInterrupt: "interrupt the kernel" must stop it too
-            _kill(proc, posix)
-            proc.wait()
-            raise
-        watch.poll(time.monotonic(), finished=True)
-        log.seek(0)
-        return proc.returncode, log.read(), stopped
+    def finish(self) -> None:
+        if self.progress is not None:
+            self.poll(time.monotonic(), None, finished=True)
 
 
-def _kill(proc: subprocess.Popen, posix: bool) -> None:
-    try:
-        if posix:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-    except ProcessLookupError:
-        pass
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _checks(data: dict, stopped: str) -> list[Check]:
+def _checks(result: RunResult) -> list[Check]:
     checks = []
-    current = (data.get("current") or {}).get("test")
-    for row in data["tests"]:
+    stopped = result.stopped
+    current = (result.current or {}).get("test")
+    for row in result.rows:
         if row["outcome"] is None:  # collected, never finished
             if not stopped:
                 message = _STOPPED
@@ -767,14 +689,15 @@ def _checks(data: dict, stopped: str) -> list[Check]:
                 message = STUCK if stopped == "stuck" else TOO_LONG
             else:
                 message = NOT_RUN
-            row = {**row, "outcome": "failed", "message": message}
+            outcome = "not run" if message == NOT_RUN else "failed"
+            row = {**row, "outcome": outcome, "message": message}
         outcome = Outcome(row["outcome"])
         exercise = row["exercise"] or "?"
         passed = outcome is Outcome.PASSED
         checks.append(
             Check(exercise, row["description"], passed, row["message"], outcome, row["test"])
         )
-    for error in data.get("collection_errors", []):
+    for error in result.collection_errors:
         description = f"load {error['test']}"
         checks.append(
             Check("?", description, False, error["message"], Outcome.ERROR, error["test"])
@@ -912,6 +835,13 @@ def _status(progress: bool | ProgressCallback, what: str) -> ProgressCallback | 
 # --- command line -----------------------------------------------------------------------
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):  # nan and inf too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m course_lib.grading``: 0 whatever the grades, 2 for a usage error."""
     parser = argparse.ArgumentParser(
@@ -930,7 +860,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON for tooling")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=_CLI_TIMEOUT_S,
         metavar="S",
         help=f"give up on the whole run after S seconds (default {_CLI_TIMEOUT_S:g})",

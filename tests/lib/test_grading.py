@@ -375,7 +375,15 @@ def test_the_cli_exits_0_when_nothing_is_solved(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [["--exercise", "9.9"], ["--target", "./no/such/folder"], ["--bogus"]]
+    "args",
+    [
+        ["--exercise", "9.9"],
+        ["--target", "./no/such/folder"],
+        ["--bogus"],
+        ["--timeout", "0"],
+        ["--timeout", "-5"],
+        ["--timeout", "nan"],
+    ],
 )
 def test_the_cli_exits_2_on_a_usage_error(args, capsys):
     with pytest.raises(SystemExit) as info:
