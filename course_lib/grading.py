@@ -363,6 +363,7 @@ def grade(
     after_hang_timeout_s: float = _AFTER_HANG_TIMEOUT_S,
     tests_dir: Path | None = None,
     progress: bool | ProgressCallback = False,
+    snapshot: CourseSnapshot | None = None,
 ) -> GradeReport:
     """Grade ``target`` on the given exercises (all by default).
 
@@ -371,7 +372,10 @@ def grade(
     that a slow run is still running, and on which check (a line updated in place in
     a notebook, lines on stderr elsewhere); a callable gets a :class:`Progress` a few
     times a second. ``tests_dir`` replaces the repository's ``tests/exercises`` (for
-    testing the grader); pytest runs from its grandparent folder.
+    testing the grader). pytest runs from a fresh read-only copy of the grading tests
+    and course_lib, made from ``snapshot`` (one :class:`CourseSnapshot` for a whole
+    class of submissions) or else read from the course now; what the run changed in
+    it or in the course is reported (``GradeReport.tampering``).
     """
     tests_dir = Path(tests_dir).resolve() if tests_dir else _course_root() / "tests" / "exercises"
     known = discover(tests_dir)
@@ -397,6 +401,7 @@ def grade(
         after_hang_timeout_s=after_hang_timeout_s,
         progress=status,
         label=_label(name, folder),
+        snapshot=snapshot,
     )
     if isinstance(status, _Status):
         status.finish()
