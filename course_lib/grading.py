@@ -15,6 +15,12 @@ was checked, ✓ or ✗, and one line saying what went wrong.
 ``--target`` (or ``COURSE_TARGET``) names the graded package, ``exercises`` by default,
 or a folder holding a copy of it, such as a learner's submission.
 
+Each run grades against a fresh read-only copy of the grading tests and course_lib,
+and reports what the code under test changed in it or in the course
+(``GradeReport.tampering``): see course_lib.grading_run for what a run guards
+against (a module that exits or hangs at import, processes left running, output
+without end). It is no sandbox: grade untrusted folders in a container (README).
+
 A run that takes more than a few seconds says so while it runs, and which check it is
 on: a line updated in place under the cell in a notebook, lines on stderr in a
 terminal. A check that hangs is stopped after ``_PER_TEST_TIMEOUT_S`` seconds; once
@@ -79,13 +85,12 @@ def hung_message(bound_s: float) -> str:
     )
 
 
-_PLUGIN = "course_lib._grading_plugin"
 # Bounds on a hung check. The grading tests run on looptime's virtual clock, so on
 # a model answer each takes well under a second of real time. Measured with
 # `pytest --target solutions tests/exercises --durations` on a 2-core machine, the
 # slowest check (a thousand tasks or restarts: the hard cases) took 0.16 s idle and
 # 0.61 s at load average 8 with asyncio's debug mode off, as the grader runs them
-# (1.11 s and 4.97 s with it on: see _run). pytest-timeout stops a check after
+# (1.11 s and 4.97 s with it on: see grading_run._command). pytest-timeout stops a check after
 # _PER_TEST_TIMEOUT_S (8x the loaded figure) and the grader goes on to the others;
 # once a check of an exercise has hung, that exercise's later checks are stopped
 # after _AFTER_HANG_TIMEOUT_S each (4x). The cleanup after a check gets as long
@@ -100,9 +105,9 @@ _AFTER_HANG_TIMEOUT_S = 2.5
 _STUCK_GRACE_S = 5.0
 _CHECK_TIMEOUT_S = 120.0
 _CLI_TIMEOUT_S = 300.0
-# Progress: the grader looks at the run this often, and says it is still running
-# once it has taken _SHOW_AFTER_S (a check of one exercise takes ~1.5 s in all).
-_POLL_S = 0.25
+# Progress: the grader looks at the run 4 times a second (grading_run._POLL_S), and
+# says it is still running once it has taken _SHOW_AFTER_S (a check of one exercise
+# takes ~1.5 s in all).
 _SHOW_AFTER_S = 3.0
 _ORPHANS = "grading tests with no exercise marker, or that do not load"
 _STOPPED = "did not finish: the grading run stopped here (did the code exit Python?)"

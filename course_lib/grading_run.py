@@ -53,6 +53,7 @@ _MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # After SIGTERM the supervisor kills and reaps in milliseconds; then SIGKILL the group.
 _TERM_GRACE_S = 5.0
 
+EXITED_IN_CHECK = "did not finish: the code exited Python during this check (os._exit()?)"
 EXITED_AT_IMPORT = "{path} could not be imported: it exited Python (os._exit()?) while imported"
 STUCK_AT_IMPORT = (
     "{path} took too long to import and could not be stopped: does it catch every "
@@ -130,8 +131,14 @@ def run_submission(
                 settled[row["test"]] = row
             errors = errors or data.get("collection_errors", [])
             tampering += attempt.tampering
-            importing = (data.get("current") or {}).get("importing")
+            current = data.get("current") or {}
+            importing = current.get("importing")
             died = not attempt.final and attempt.data is not None
+            running = settled.get(current.get("test", ""))
+            if died and not attempt.stopped and not importing and running is not None:
+                # The code exited Python during a check: that check fails, the rest go on.
+                running.update(outcome="failed", message=EXITED_IN_CHECK)
+                continue
             resumable = attempt.stopped in ("", "stuck") and importing and died
             if not resumable or importing["module"] in skip_modules:
                 break
@@ -296,6 +303,32 @@ class _Rows(threading.Thread):
         return data if isinstance(data, dict) and isinstance(data.get("tests"), list) else None
 
 
+class _FileRows:
+    """Windows, which passes no pipe but stdout's to a child: the rows from a file."""
+
+    finals = 0
+    after_final = garbled = False
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def start(self) -> None:
+        pass
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def data(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
+            return None
+        self.finals = int(data.get("final") is True)
+        return data
+
+
 def _attempt(
     cmd: list[str],
     course: Path,
@@ -305,9 +338,15 @@ def _attempt(
     stuck_grace_s: float,
 ) -> _Attempt:
     posix = os.name == "posix"
-    rows_r, rows_w = os.pipe()
     out_r, out_w = os.pipe()
-    cmd = [*cmd, f"--grading-fd={rows_w}"]
+    pass_fds: tuple[int, ...] = ()
+    if posix:
+        rows_r, rows_w = os.pipe()
+        pass_fds = (rows_w,)
+        cmd = [*cmd, f"--grading-fd={rows_w}"]
+    else:
+        rows_file = course.parent / f"rows-{os.urandom(8).hex()}.json"
+        cmd = [*cmd, f"--grading-json={rows_file}"]
     try:
         proc = subprocess.Popen(
             cmd,
@@ -316,15 +355,17 @@ def _attempt(
             stdin=subprocess.DEVNULL,
             stdout=out_w,
             stderr=subprocess.STDOUT,
-            pass_fds=(rows_w,),
+            pass_fds=pass_fds,
             # Its own session: the notebook's Ctrl-C (interrupt the kernel) is ours to
             # pass on, and the kill reaches whatever is left in it.
             start_new_session=posix,
         )
     finally:
-        os.close(rows_w)
         os.close(out_w)
-    tail, rows = _Tail(out_r), _Rows(rows_r)
+        for fd in pass_fds:
+            os.close(fd)
+    tail = _Tail(out_r)
+    rows = _Rows(rows_r) if posix else _FileRows(rows_file)
     tail.start()
     rows.start()
     stopped = ""

@@ -122,11 +122,6 @@ class CourseSnapshot:
 def remove(where: Path) -> None:
     """Delete a materialized copy, read-only as it is."""
 
-    def writable(func, path, exc_info=None):
-        os.chmod(Path(path).parent, stat.S_IRWXU)
-        os.chmod(path, stat.S_IRWXU)
-        func(path)
-
     for folder, dirs, _files_here in os.walk(where):
         os.chmod(folder, stat.S_IRWXU)
         for d in dirs:
@@ -134,7 +129,7 @@ def remove(where: Path) -> None:
                 os.chmod(os.path.join(folder, d), stat.S_IRWXU)
             except OSError:
                 pass
-    shutil.rmtree(where, onerror=writable)
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def _files(base: Path, whole: bool, *, py_only: bool = False):

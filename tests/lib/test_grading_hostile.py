@@ -116,6 +116,10 @@ def test_forked_child(ex):
     """Forks a child that keeps running."""
     ex.forked_child()
 
+def test_exits(ex):
+    """Exits Python, perhaps."""
+    ex.exit_now()
+
 def test_after(ex):
     """Answers at once."""
     assert ex.answer() == 42
@@ -133,6 +137,10 @@ def flood():
         for _ in range(int(os.environ["FAKE_FLOOD_MB"])):
             sys.stdout.write(line)
         raise AssertionError("printed too much")
+
+def exit_now():
+    if os.environ.get("FAKE_EXIT"):
+        os._exit(3)
 
 def _record(pid):
     with open(os.environ["FAKE_PIDS"], "a") as f:
@@ -191,7 +199,7 @@ def test_the_graders_memory_stays_flat_whatever_the_code_prints(fake_course):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     measured = json.loads(result.stdout.splitlines()[-1])
-    assert measured["summary"].endswith("3/4 checks passed"), measured
+    assert measured["summary"].endswith("4/5 checks passed"), measured
     # The code printed 400 MB; the grader keeps a bounded tail of it.
     assert measured["grown_kib"] < 64 * 1024, measured
 
@@ -215,10 +223,22 @@ def test_nothing_a_submission_starts_outlives_its_grading_and_check_returns_when
     report = grade(package, tests_dir=fake_course, timeout_s=90)
     # The forked child sleeps on: the rows were done long before the deadline.
     assert time.monotonic() - start < 90, "waited for the deadline though every row was done"
-    assert report.passed == report.total == 4, str(report)
+    assert report.passed == report.total == 5, str(report)
     started = [int(line) for line in pids.read_text().split()]
     assert len(started) == 2
     deadline = time.monotonic() + 10
     while any(map(_alive, started)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(map(_alive, started)), "a process the submission started outlived grading"
+
+
+def test_an_exit_during_a_check_fails_that_check_and_the_rest_are_graded(
+    fake_course, monkeypatch
+):
+    monkeypatch.setenv("FAKE_EXIT", "1")
+    report = grade(fake_course.parents[1] / "fakepkg", tests_dir=fake_course)
+    rows = {row.description: row for row in report.checks}
+    assert not rows["Exits Python, perhaps."].passed
+    assert "exited Python" in rows["Exits Python, perhaps."].message
+    assert rows["Answers at once."].passed, str(report)
+    assert report.passed == 4, str(report)
