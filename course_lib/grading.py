@@ -360,7 +360,7 @@ def check(
 
 
 def grade(
-    target: str | os.PathLike | None = None,
+    target: str | os.PathLike | Submission | None = None,
     exercise_ids: Iterable[str] | None = None,
     *,
     timeout_s: float = _CHECK_TIMEOUT_S,
@@ -380,7 +380,9 @@ def grade(
     testing the grader). pytest runs from a fresh read-only copy of the grading tests
     and course_lib, made from ``snapshot`` (one :class:`CourseSnapshot` for a whole
     class of submissions) or else read from the course now; what the run changed in
-    it or in the course is reported (``GradeReport.tampering``).
+    it or in the course is reported (``GradeReport.tampering``). ``target`` may be a
+    :class:`~course_lib.grading_run.Submission`: a folder imported under a name of its
+    own, named in messages by its label (a class: ``alice/ch00_warmup.py``).
     """
     tests_dir = Path(tests_dir).resolve() if tests_dir else _course_root() / "tests" / "exercises"
     known = discover(tests_dir)
@@ -391,7 +393,11 @@ def grade(
             f"unknown exercise {', '.join(map(repr, unknown))}; "
             f"the exercises are: {', '.join(known) or 'none'}"
         )
-    name, folder = _resolve_target(target)
+    if isinstance(target, Submission):
+        name, folder, label = target.name, target.folder, target.label
+    else:
+        name, folder = _resolve_target(target)
+        label = _label(name, folder)
     status = _status(progress, ", ".join(wanted) if exercise_ids is not None else "")
     if not timeout_s > 0:
         raise ValueError(f"the timeout must be a number of seconds above 0, not {timeout_s!r}")
@@ -405,7 +411,7 @@ def grade(
         per_test_timeout_s=per_test_timeout_s,
         after_hang_timeout_s=after_hang_timeout_s,
         progress=status,
-        label=_label(name, folder),
+        label=label,
         snapshot=snapshot,
     )
     if isinstance(status, _Status):
@@ -418,7 +424,7 @@ def grade(
     # Only what the table shows counts: another chapter's broken test file is not 0.1's.
     shown = {e.id for e in exercises}
     rows = [r for r in rows if r.exercise in shown]
-    return GradeReport(_label(name, folder), exercises, tuple(rows), tampering)
+    return GradeReport(label or name, exercises, tuple(rows), tampering)
 
 
 def _attribute_load_errors(rows: list[Check], exercises: Sequence[Exercise]) -> list[Check]:
@@ -853,7 +859,8 @@ def _seconds(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m course_lib.grading``: 0 whatever the grades, 2 for a usage error."""
+    """``python -m course_lib.grading``: 0 whatever the grades, 2 for a usage error
+    (``--class``: see course_lib.grading_class for its exit codes)."""
     parser = argparse.ArgumentParser(
         prog="python -m course_lib.grading",
         description="Grade the course's exercises and print a table of the checks.",
@@ -875,7 +882,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="S",
         help=f"give up on the whole run after S seconds (default {_CLI_TIMEOUT_S:g})",
     )
+    group = parser.add_argument_group(
+        "a class", "grade one folder per learner into a table (see course_lib.grading_class)"
+    )
+    group.add_argument(
+        "--class", dest="class_dir", metavar="DIR",
+        help="grade every learner's folder in DIR, in parallel; write grades.csv, "
+        "grades.html and grades.json (exit 0 once written, whatever the grades)",
+    )  # fmt: skip
+    group.add_argument("--out", metavar="DIR", help="where to write them (default: DIR-grades)")
+    group.add_argument(
+        "--jobs", type=int, metavar="N", help="folders graded at once (default: the cores)"
+    )
     args = parser.parse_args(argv)
+    if args.class_dir is not None:
+        from course_lib import grading_class  # it imports this module
+
+        return grading_class.main(args, parser)
+    if args.out is not None or args.jobs is not None:
+        parser.error("--out and --jobs go with --class")
     try:
         report = grade(args.target, args.exercise, timeout_s=args.timeout, progress=True)
     except ValueError as exc:
