@@ -273,6 +273,7 @@ def grade_class(
     snapshot: CourseSnapshot,
     on_done: Callable[[Learner, int, int], None] = lambda learner, done, total: None,
     stop: threading.Event | None = None,
+    say: Callable[[str], None] = lambda text: None,
 ) -> None:
     """Grade each learner that has a package, ``jobs`` at a time, filling in the rows.
 
@@ -298,7 +299,7 @@ def grade_class(
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    _blame_course_changes(todo, exercise_ids, timeout_s, snapshot, course, stop)
+    _blame_course_changes(todo, exercise_ids, timeout_s, snapshot, course, stop, say)
 
 
 def _grade_one(
@@ -349,6 +350,7 @@ def _blame_course_changes(
     snapshot,
     course: _CourseFiles,
     stop: threading.Event,
+    say: Callable[[str], None],
 ) -> None:
     """A change to the course is in the window of every run under way when it was made:
     if that is one run, it is that learner's; if several, each is graded again alone,
@@ -360,6 +362,10 @@ def _blame_course_changes(
     alone: dict[str, bool] = {}
     for change, who in suspects.items():
         if len(who) > 1 and not stop.is_set():
+            names = ", ".join(w.name for w in who)
+            say(
+                f"the course's {change} while {names} were graded: each again, alone, to tell which"
+            )
             for learner in who:
                 if learner.name not in alone:
                     again = dataclasses.replace(learner, course_changes=[])
@@ -584,7 +590,13 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     code = 0
     try:
         grade_class(
-            learners, ids, jobs=jobs, timeout_s=args.timeout, snapshot=snapshot, on_done=done
+            learners,
+            ids,
+            jobs=jobs,
+            timeout_s=args.timeout,
+            snapshot=snapshot,
+            on_done=done,
+            say=say,
         )
     except KeyboardInterrupt:
         report.interrupted, code = True, 130
