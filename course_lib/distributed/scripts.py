@@ -316,14 +316,16 @@ class Script:
 
     async def __call__(self, keys: list[Any], args: list[Any]) -> Any:
         for loads in range(1, _LOADS + 1):
+            script = self._script  # this call's: another may switch it meanwhile
             try:
-                return await self._script(keys=keys, args=args)
+                return await script(keys=keys, args=args)
             except redis.exceptions.NoScriptError:
                 if loads == _LOADS:
                     raise
             except redis.exceptions.ResponseError as exc:
                 # Redis 6.2 ("Error compiling script") and fakeredis ("error loading
-                # code") both stop at the first character of the flags line.
-                if self._script is self._plain or "near '#'" not in str(exc):
+                # code") both stop at the first character of the flags line. Calls
+                # sent together all fail so: each retries with the plain body.
+                if script is self._plain or "near '#'" not in str(exc):
                     raise
                 self._script = self._plain
