@@ -423,6 +423,8 @@ class Worker(_Running):
                 if used < taken and loop.time() >= self._next_reclaim:
                     self._next_reclaim = loop.time() + self.maintenance_s
                     used += await self._reclaim(taken - used)
+                if used < taken and self._prefetching:
+                    used += await self._start_when_read(taken - used)
                 if used < taken:
                     reply = await self.redis.xreadgroup(
                         self.keys.group, self.name, {self.keys.stream: ">"},
@@ -560,6 +562,21 @@ class Worker(_Running):
         if not self._aborting:  # else a "crash": they stay in our PEL, unrun
             self._prefetched += [(_text(i), fields, None) for i, fields in _read_in_script(reply)]
         return codes
+
+    async def _start_when_read(self, slots: int) -> int:
+        """Wait for the settle that reads, in flight; start up to ``slots`` of its entries.
+
+        It was sent while the reader waited for a slot, and another settle freed one
+        first. Its read may take the last entries of the stream: a BLOCK read now would
+        find none and wait ``block_s`` while they sat here, unstarted (chapter 4's chart:
+        ``resize(6)`` ~100 ms late). Its reply comes within a round trip; the wait is
+        bounded by ``block_s`` all the same, as the read it replaces.
+        """
+        self._prefetch_over.clear()  # no await since _prefetching was seen: set later
+        await self._sleep(self.block_s, self._prefetch_over)
+        batch = self._prefetched[:slots]
+        del self._prefetched[:slots]
+        return await self._start(batch) if batch else 0
 
     async def _start_prefetched(self) -> None:
         """At stop: start what a last settle read (run in the grace period, or handed back).

@@ -50,3 +50,61 @@ async def test_calls_racing_at_a_scripts_first_run_all_fall_back_to_the_plain_bo
     finally:
         await client.aclose()
         server.stop()
+
+
+RTT_S = 0.002  # a virtual round trip
+
+
+def _late_replies(worker: Worker) -> None:
+    """Delay the replies of the worker's settles: one that reads by three round trips,
+    the others by one. The server has run each call (taking the entries it read) by the
+    time its sender sees the reply, and a settle sent later on another connection may
+    answer first (a shorter reply): what made chapter 4's chart wait."""
+    settle = worker._settle_script
+
+    async def late(keys, args):
+        reply = await settle(keys=keys, args=args)
+        reads = len(args) >= 2 and args[-2] == worker.name
+        await asyncio.sleep(3 * RTT_S if reads else RTT_S)
+        return reply
+
+    worker._settle_script = late  # type: ignore[assignment]
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_slot_freed_while_an_entry_waits_is_refilled_within_a_few_round_trips(fake):
+    loop = asyncio.get_running_loop()
+    registry = TaskRegistry()
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    go_on = asyncio.Event()
+
+    @registry.task
+    async def work(name: str, run_s: float) -> str:
+        started[name] = loop.time()
+        if run_s:
+            await asyncio.sleep(run_s)
+        else:
+            await go_on.wait()
+        ended[name] = loop.time()
+        return name
+
+    queue = Queue(fake, registry=registry)
+    worker = Worker(fake, registry, concurrency=3, block_s=1.0)
+    _late_replies(worker)
+    async with asyncio.timeout(60):
+        async with worker:
+            # a and b end one after the other (two settles: the first one reads), c runs on.
+            busy = [await queue.enqueue("work", "a", 0.1),
+                    await queue.enqueue("work", "b", 0.1 + RTT_S / 2),
+                    await queue.enqueue("work", "c", 0)]
+            while len(started) < 3:
+                await asyncio.sleep(RTT_S)
+            waiting = await queue.enqueue("work", "d", 0.01)  # every slot taken
+            assert await waiting.result() == "d"
+            go_on.set()
+            assert [await h.result() for h in busy] == ["a", "b", "c"]
+    # A slot was free from the settle of a (a few round trips after it ended) on: d
+    # starts within a few more, not after the reader's BLOCK (1 s) ran out.
+    assert started["d"] - ended["a"] <= 10 * RTT_S
