@@ -2,6 +2,7 @@
 
     python benchmarks/queue_throughput.py [--url redis://127.0.0.1:6379/0] [--jobs 10000]
         [--rounds 5] [--quick] [--concurrency 10,100] [--procs 1,2] [--no-save] [--json PATH]
+        [--no-latency]
     python benchmarks/queue_throughput.py --profile [--jobs 20000]   # where the Worker's time goes
 
 No-op jobs, enqueued before the consumers start, then consumed by 1 or 2 worker
@@ -19,6 +20,14 @@ processes (spawned once, reused for every run). Consumers, side by side:
 
 Also the enqueue rates seen while setting up: ``Queue.enqueue_many`` (one Lua
 script per job, pipelined 100 at a time) against a bare pipelined ``XADD``.
+
+And latency, on one worker process with the default concurrency (10), every round:
+enqueue-to-start (the record's ``started_at - enqueued_at``: both the same machine's
+clock) of jobs enqueued one at a time, p50 and p99, on an idle worker (each waits for
+the one before to end) and on a busy one (while 50 ms jobs keep about 7 of its 10
+slots taken); and, with a backlog (all slots taken, entries waiting), how long a freed
+slot stays empty: each job's start minus the end of the job whose slot it took (the
+tasks time themselves), which a settle and a START round trip bound.
 
 A run is timed from the first job taken (the moment its processes are told to go)
 to the last one settled (the latest result write; for the Worker, the latest
@@ -161,10 +170,18 @@ async def noop_naive() -> None:
     return None
 
 
+async def nap(seconds: float) -> list[float]:
+    """A job of the latency runs: sleep, return when it started and ended (epoch s)."""
+    started = time.time()
+    await asyncio.sleep(seconds)
+    return [started, time.time()]
+
+
 class _Worker:
     def __init__(self, client: Any, name: str, concurrency: int) -> None:
         registry = TaskRegistry()
         registry.add(noop)
+        registry.add(nap)
         self.worker = Worker(client, registry, queue=QUEUE, name=name, concurrency=concurrency)
 
     async def start(self) -> None:
@@ -397,6 +414,86 @@ async def _one_run(r: Any, url: str, procs: _Processes, variant: dict, jobs: int
     return result | {"seconds": seconds, "jobs_per_s": settled / seconds}
 
 
+# --- latency: enqueue to start, idle and busy; a freed slot refilled ------------------
+
+LATENCY_PROBES = 200  # jobs timed one at a time, idle and busy (each)
+BUSY_JOB_S = 0.05  # the busy worker's background jobs...
+BUSY_EVERY_S = BUSY_JOB_S / 7  # ...one enqueued this often: about 7 of 10 slots taken
+BACKLOG_JOBS = 500  # 10 ms jobs enqueued at once: every slot taken, entries waiting
+BACKLOG_JOB_S = 0.01
+
+
+def _percentiles(xs: list[float]) -> dict:
+    """p50 and p99 (nearest rank) of ``xs`` seconds, in ms, and the count."""
+    xs = sorted(xs)
+    rank = lambda q: xs[min(len(xs) - 1, max(0, round(q * len(xs)) - 1))]  # noqa: E731
+    return {"p50_ms": 1000 * rank(0.50), "p99_ms": 1000 * rank(0.99),
+            "max_ms": 1000 * xs[-1], "n": len(xs)}
+
+
+async def _picked_up_s(handles: list[Any]) -> list[float]:
+    out = []
+    for handle in handles:
+        record = await handle.info()
+        out.append(float(record["started_at"]) - float(record["enqueued_at"]))
+    return out
+
+
+async def _latency_run(r: Any, url: str, procs: _Processes, concurrency: int = 10) -> dict:
+    """One worker process (``concurrency``): the three latency figures, in seconds."""
+    await _cleanup(r)
+    procs.progress[0] = 0
+    procs.conns[0].send({"url": url, "kind": "worker", "name": "qbench-0",
+                         "concurrency": concurrency})
+    _recv(procs.conns[0])
+    procs.conns[0].send("go")
+    queue = Queue(r, QUEUE)
+    try:
+        await asyncio.sleep(0.2)  # the worker's first read is blocking
+        idle = []
+        for _ in range(LATENCY_PROBES):
+            handle = await queue.enqueue("noop")
+            await handle.result(timeout_s=30)  # idle again before the next
+            idle.append(handle)
+        idle_s = await _picked_up_s(idle)
+
+        background: list[Any] = []
+
+        async def keep_busy() -> None:
+            while True:
+                background.append(await queue.enqueue("nap", BUSY_JOB_S))
+                await asyncio.sleep(BUSY_EVERY_S)
+
+        loader = asyncio.create_task(keep_busy())
+        try:
+            await asyncio.sleep(2 * BUSY_JOB_S)  # up to speed
+            busy = []
+            for _ in range(LATENCY_PROBES):
+                busy.append(await queue.enqueue("noop"))
+                await asyncio.sleep(BUSY_EVERY_S * 1.37)  # out of step with the loader
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+        for handle in busy + background:
+            await handle.result(timeout_s=30)
+        busy_s = await _picked_up_s(busy)
+
+        backlog = await queue.enqueue_many([("nap", [BACKLOG_JOB_S])] * BACKLOG_JOBS)
+        times = [await handle.result(timeout_s=60) for handle in backlog]
+        starts = sorted(start for start, _ in times)
+        ends = sorted(end for _, end in times)
+        # The i-th start past the first `concurrency` took the slot of the
+        # (i - concurrency)-th end: the gap is how long that slot stayed empty.
+        refill_s = [starts[i] - ends[i - concurrency] for i in range(concurrency, len(starts))]
+    finally:
+        await queue.aclose()
+        procs.conns[0].send("stop")
+        _recv(procs.conns[0])
+        await _cleanup(r)
+    return {"idle": idle_s, "busy": busy_s, "refill": refill_s}
+
+
 # --- rounds, summary, report ---------------------------------------------------------
 
 
@@ -425,6 +522,7 @@ def _load() -> str:
 async def _bench(url: str, args: argparse.Namespace) -> dict:
     variants = _variants(args.concurrency, args.procs)
     runs: dict[str, list[dict]] = {v["name"]: [] for v in variants}
+    latency: dict[str, list[float]] = {"idle": [], "busy": [], "refill": []}
     r = await connect(url)
     procs = _Processes(max(args.procs))
     try:
@@ -438,11 +536,27 @@ async def _bench(url: str, args: argparse.Namespace) -> dict:
                 lost = f"  lost {run['lost']} dup {run['duplicated']}" if "lost" in run else ""
                 print(f"  round {rnd + 1}  {v['name']:34} {run['jobs_per_s']:9,.0f} jobs/s{lost}",
                       flush=True)
+            if not args.no_latency:
+                lat = await _latency_run(r, url, procs)
+                for key, xs in lat.items():
+                    latency[key] += xs
+                print(f"  round {rnd + 1}  latency, Worker(concurrency=10): "
+                      + ", ".join(f"{k} p50 {p['p50_ms']:.1f} ms p99 {p['p99_ms']:.1f} ms"
+                                  for k, p in ((k, _percentiles(xs)) for k, xs in lat.items())),
+                      flush=True)
     finally:
         procs.close()
         await _cleanup(r)
         await r.aclose()
-    return _tabulate(variants, runs, args.jobs)
+    result = _tabulate(variants, runs, args.jobs)
+    if not args.no_latency:
+        result["latency"] = {
+            "worker": "Worker(concurrency=10), 1 proc",
+            "enqueue_to_start_idle": _percentiles(latency["idle"]),
+            "enqueue_to_start_busy": _percentiles(latency["busy"]),
+            "slot_refill_with_backlog": _percentiles(latency["refill"]),
+        }
+    return result
 
 
 def _tabulate(variants: list[dict], runs: dict[str, list[dict]], jobs: int) -> dict:
@@ -491,6 +605,16 @@ def _report(result: dict) -> None:
         j = row["jobs_per_s"]
         print(f"  {name:36} {j['median']:9,.0f} {j['min']:8,.0f}-{j['max']:<8,.0f}"
               f" {row['ratio_to_bare']:6.2f}x")
+    if "latency" in result:
+        lat = result["latency"]
+        print(f"\n{'latency, ' + lat['worker']:38} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9}"
+              f" {'n':>6}")
+        for label, key in (("enqueue to start, idle worker", "enqueue_to_start_idle"),
+                           ("enqueue to start, busy (7/10 slots)", "enqueue_to_start_busy"),
+                           ("freed slot empty, with a backlog", "slot_refill_with_backlog")):
+            p = lat[key]
+            print(f"  {label:36} {p['p50_ms']:9.2f} {p['p99_ms']:9.2f} {p['max_ms']:9.2f}"
+                  f" {p['n']:6}")
 
 
 # --- --profile: where the Worker's time and round trips go ---------------------------
@@ -584,6 +708,8 @@ def main() -> None:
                          "and the bare loop's batch)")
     ap.add_argument("--procs", type=_ints, default=[1, 2], help="process counts (default 1,2)")
     ap.add_argument("--no-save", action="store_true", help="do not write the JSON result")
+    ap.add_argument("--no-latency", action="store_true",
+                    help="skip the latency runs (enqueue to start, slot refill) of each round")
     ap.add_argument("--json", type=Path, default=None,
                     help=f"write the JSON here instead of {RESULTS.name}/queue_throughput.json")
     ap.add_argument("--profile", action="store_true",
