@@ -25,9 +25,10 @@ And latency, on one worker process with the default concurrency (10), every roun
 enqueue-to-start (the record's ``started_at - enqueued_at``: both the same machine's
 clock) of jobs enqueued one at a time, p50 and p99, on an idle worker (each waits for
 the one before to end) and on a busy one (while 50 ms jobs keep about 7 of its 10
-slots taken); and, with a backlog (all slots taken, entries waiting), how long a freed
-slot stays empty: each job's start minus the end of the job whose slot it took (the
-tasks time themselves), which a settle and a START round trip bound.
+slots taken); and, with a backlog (all slots taken, entries waiting; jobs of 10 to 20
+ms, so slots free in different turns), how long a freed slot stays empty: each job's
+start minus the end of the job whose slot it took (the tasks time themselves), which a
+settle and a START round trip bound.
 
 A run is timed from the first job taken (the moment its processes are told to go)
 to the last one settled (the latest result write; for the Worker, the latest
@@ -419,8 +420,8 @@ async def _one_run(r: Any, url: str, procs: _Processes, variant: dict, jobs: int
 LATENCY_PROBES = 200  # jobs timed one at a time, idle and busy (each)
 BUSY_JOB_S = 0.05  # the busy worker's background jobs...
 BUSY_EVERY_S = BUSY_JOB_S / 7  # ...one enqueued this often: about 7 of 10 slots taken
-BACKLOG_JOBS = 500  # 10 ms jobs enqueued at once: every slot taken, entries waiting
-BACKLOG_JOB_S = 0.01
+BACKLOG_JOBS = 500  # 10-20 ms jobs enqueued at once: every slot taken, entries waiting;
+BACKLOG_JOB_S = 0.01  # of five lengths, so that slots free in different turns
 
 
 def _percentiles(xs: list[float]) -> dict:
@@ -479,7 +480,8 @@ async def _latency_run(r: Any, url: str, procs: _Processes, concurrency: int = 1
             await handle.result(timeout_s=30)
         busy_s = await _picked_up_s(busy)
 
-        backlog = await queue.enqueue_many([("nap", [BACKLOG_JOB_S])] * BACKLOG_JOBS)
+        backlog = await queue.enqueue_many(
+            [("nap", [BACKLOG_JOB_S * (1 + i % 5 / 4)]) for i in range(BACKLOG_JOBS)])
         times = [await handle.result(timeout_s=60) for handle in backlog]
         starts = sorted(start for start, _ in times)
         ends = sorted(end for _, end in times)
