@@ -79,10 +79,13 @@ async def test_a_slot_freed_while_an_entry_waits_is_refilled_within_a_few_round_
     started: dict[str, float] = {}
     ended: dict[str, float] = {}
     go_on = asyncio.Event()
+    all_three = asyncio.Event()
 
     @registry.task
     async def work(name: str, run_s: float) -> str:
         started[name] = loop.time()
+        if len(started) == 3:
+            all_three.set()
         if run_s:
             await asyncio.sleep(run_s)
         else:
@@ -99,8 +102,7 @@ async def test_a_slot_freed_while_an_entry_waits_is_refilled_within_a_few_round_
             busy = [await queue.enqueue("work", "a", 0.1),
                     await queue.enqueue("work", "b", 0.1 + RTT_S / 2),
                     await queue.enqueue("work", "c", 0)]
-            while len(started) < 3:
-                await asyncio.sleep(RTT_S)
+            await all_three.wait()
             waiting = await queue.enqueue("work", "d", 0.01)  # every slot taken
             assert await waiting.result() == "d"
             go_on.set()
