@@ -131,7 +131,8 @@ async def test_a_settle_whose_reply_is_lost_is_sent_again_and_settles_once(redis
 
     queue = Queue(redis)
     handles = await queue.enqueue_many([("work", [n]) for n in range(4)])
-    worker = fast_worker(redis, registry, concurrency=4)
+    # No reclaim due meanwhile (maintenance_s): a settle then reads nothing, even parked.
+    worker = fast_worker(redis, registry, concurrency=4, maintenance_s=60)
     codes: list[list[int]] = []
     lost: list[int] = []
     settle = worker._settle_script
