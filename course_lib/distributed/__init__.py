@@ -35,6 +35,7 @@ __all__ = [
     "MAX_JOB_BYTES",
     "PREFIX",
     "DeadLetter",
+    "EnqueueOptions",
     "InvalidJob",
     "Job",
     "JobFailed",
@@ -66,5 +67,6 @@ from .job import (
 )
 from .keys import DEFAULT_QUEUE, PREFIX, QueueKeys
 from .naive import NaiveListWorker
+from .options import EnqueueOptions
 from .queue import DeadLetter, JobHandle, Queue, QueueClosed, QueueCounts, QueueFull, RequeueReport
 from .worker import Worker, WorkerStats

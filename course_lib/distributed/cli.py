@@ -40,7 +40,8 @@ second since the previous sample, then the jobs done per second (from XINFO STRE
 per worker with its idle time; on a terminal it redraws in place. The stream's change
 is enqueued minus settled, not a throughput. A Redis error while watching prints one
 line and the next sample tries again.
-``enqueue`` sends what it is given (3 attempts, no timeout, unless told); with
+``enqueue`` sends what it is given (3 attempts, no timeout, unless told; ``--delay S``
+or ``--at ISO8601``: it waits, scheduled, until then); with
 ``--app`` it refuses unknown tasks and uses the task's own settings, as a
 ``Queue`` with a registry does. ``dead requeue --app`` refuses letters of tasks
 the app does not register, as ``Queue.requeue_dead`` with a registry does (without
@@ -103,6 +104,7 @@ from ..monitor.watchdog import LoopWatchdog
 from ..redis import RedisUnavailable, _scrub, connect, mask_url
 from .job import InvalidJob, Job, JobFailed, JobNotFound, TaskRegistry
 from .keys import DEFAULT_QUEUE, check_queue_name
+from .options import EnqueueOptions
 from .queue import DeadLetter, Queue, _text
 from .running import _REDIS_DOWN
 from .worker import Worker
@@ -256,6 +258,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="the job's id: the same id twice is enqueued once")
     enqueue.add_argument("--max-attempts", type=_positive(int), metavar="N",
                          help="attempts in all (default 3)")
+    later = enqueue.add_mutually_exclusive_group()
+    later.add_argument("--delay", type=_positive(float, zero=True), metavar="S",
+                       help="run no sooner than S seconds from now (it waits, scheduled)")
+    later.add_argument("--at", type=_iso_time, metavar="ISO8601",
+                       help="run no sooner than this time, with its UTC offset "
+                            "(2030-01-01T09:00:00+01:00, or Z)")
     enqueue.add_argument("--wait", nargs="?", type=_positive(float), const=math.inf,
                          metavar="SECONDS", help="wait for the result (at most SECONDS) and "
                          "print it as JSON")
@@ -326,6 +334,17 @@ def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+def _iso_time(text: str) -> float:
+    """An argparse type: an ISO 8601 time with its UTC offset, as epoch seconds."""
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    if when.utcoffset() is None:  # a naive time: this machine's zone, or the workers'?
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset: add Z or +HH:MM")
+    return when.timestamp()
 
 
 def _port(text: str) -> int:
@@ -402,6 +421,10 @@ def _prepare(args: argparse.Namespace) -> None:
             options |= {"max_attempts": task.max_attempts, "timeout_s": task.timeout_s}
         if args.max_attempts:
             options["max_attempts"] = args.max_attempts
+        try:
+            args.later = EnqueueOptions(delay_s=args.delay, at=args.at)
+        except ValueError as exc:  # --delay inf
+            raise UsageError(f"--delay: {exc}") from None
         try:
             args.job = Job(args.task, args.args or args.arg, args.kwargs, **options)
             args.job.encode()  # the size check
@@ -521,7 +544,8 @@ def _listening(port: int) -> socket.socket:
 
 
 async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
-    handle = await _answered(Queue(client, args.queue).enqueue_job(args.job), "enqueueing")
+    handle = await _answered(Queue(client, args.queue).enqueue_job(
+        args.job, at=args.later.due_at()), "enqueueing")
     print(handle.id, flush=True)
     if not handle.enqueued:
         status = await _answered(handle.status(), "reading the job's status")

@@ -61,6 +61,7 @@ class InvalidJob(ValueError):
 class JobStatus(enum.Enum):
     """Where a job is in its life; stored in its record, read by ``handle.status()``."""
 
+    SCHEDULED = "scheduled"  # enqueued with a delay: waits in the delayed set until due
     QUEUED = "queued"  # in the stream, waiting for a worker
     RUNNING = "running"  # a worker runs an attempt
     RETRYING = "retrying"  # an attempt failed; the next one waits in the delayed set

@@ -16,9 +16,10 @@ key                            type    holds
                                        a work buffer, not a log. A second group on it
                                        sees only those; fan-out (an audit, an indexer)
                                        reads a stream of its own.
-``cq:{q}:delayed``             zset    retries waiting for their turn: member = the next
-                                       attempt's envelope, score = when it is due (epoch
-                                       seconds). Moved back to the stream by a Lua script.
+``cq:{q}:delayed``             zset    retries waiting for their turn, and jobs enqueued
+                                       with a delay: member = the (next) attempt's envelope,
+                                       score = when it is due (epoch seconds). Moved to the
+                                       stream by a Lua script (MOVE_DUE).
 ``cq:{q}:dead``                stream  the dead-letter stream: jobs given up on, and
                                        entries that were not jobs at all, with the reason.
                                        Keeps about ``Worker(max_dead_letters=)``, the
@@ -70,7 +71,7 @@ NAIVE_RESULT_PREFIX = f"{PREFIX}:naive:result:"  # + the job's id
 
 # Fields of the job record (``cq:{q}:job:<id>``), all strings:
 JOB_FIELDS = {
-    "status": "a JobStatus value: queued, running, retrying, done, failed, dead",
+    "status": "a JobStatus value: scheduled, queued, running, retrying, done, failed, dead",
     "task": "the task's name",
     "attempt": "the attempt running or last run, from 1",
     "max_attempts": "attempts allowed in all",
@@ -80,7 +81,7 @@ JOB_FIELDS = {
     "worker": "the consumer name of the worker that last ran it",
     "started_at": "epoch seconds, start of the last attempt",
     "finished_at": "epoch seconds, when it ended (done, failed or dead)",
-    "next_at": "epoch seconds, when a retry is due (status retrying)",
+    "next_at": "epoch seconds, when a retry or a delayed job is due (retrying, scheduled)",
     "result": "the return value, JSON (status done)",
     "error_type": "the last error's class name, e.g. ValueError",
     "error": "the last error's message",

@@ -31,6 +31,7 @@ import redis.asyncio
 from . import scripts
 from .job import InvalidJob, Job, JobFailed, JobStatus, TaskRegistry
 from .keys import DEFAULT_QUEUE, QueueKeys
+from .options import EnqueueOptions
 from .results import QueueClosed, ResultListener
 
 # A full stream entry id. A bare "1712345678901" would be read by XRANGE as a range
@@ -197,12 +198,38 @@ class Queue:
         """
         return await self.enqueue_job(self.job(task, args, kwargs, job_id=job_id))
 
-    async def enqueue_job(self, job: Job) -> JobHandle:
-        """Add a prepared Job (``queue.job(...)``): same semantics as ``enqueue``."""
+    async def enqueue_with(self, options: EnqueueOptions, task: str, /, *args: Any,
+                           **kwargs: Any) -> JobHandle:
+        """Add one job with ``options`` (a delay, attempts, a timeout, a deadline, an id).
+
+            await queue.enqueue_with(EnqueueOptions(delay_s=60), "resize", 42, width=640)
+
+        Every keyword after ``task`` goes to the task, ``job_id`` included: the options
+        are a positional object, so no task argument can collide with one (see
+        ``options`` for why, and what arq, RQ, SAQ and Celery do). Otherwise as
+        ``enqueue``; a delayed job's status is ``scheduled`` until it is due.
+        """
+        job = self.job(task, args, kwargs, job_id=options.job_id,
+                       max_attempts=options.max_attempts, timeout_s=options.timeout_s,
+                       deadline=options.deadline)  # type: ignore[arg-type]  # epoch s by now
+        return await self.enqueue_job(job, at=options.due_at())
+
+    async def enqueue_job(self, job: Job, *, at: float | None = None) -> JobHandle:
+        """Add a prepared Job (``queue.job(...)``): same semantics as ``enqueue``.
+
+        ``at`` (epoch seconds): the job waits in the delayed set until then, status
+        ``scheduled`` (a time past: at once). InvalidJob when it falls at or after the
+        job's deadline: it would die unrun.
+        """
         data = job.encode()
+        if at is not None and at <= time.time():
+            at = None
+        if at is not None and job.deadline is not None and at >= job.deadline:
+            raise InvalidJob(f"job {job.id!r} would wait until {at:.3f}, at or after its "
+                             f"deadline {job.deadline:.3f}: it would die unrun")
         try:
             entry = await self._enqueue(keys=self._enqueue_keys(job),
-                                        args=_enqueue_args(job, data))
+                                        args=_enqueue_args(job, data, at))
         except redis.exceptions.ResponseError as exc:
             if not _out_of_memory(exc):
                 raise
@@ -402,7 +429,8 @@ class Queue:
         return dataclasses.replace(job, attempt=1, enqueued_at=time.time()), extra
 
     def _enqueue_keys(self, job: Job) -> list[str]:
-        return [self.keys.job(job.id), self.keys.stream, self.keys.done(job.id)]
+        return [self.keys.job(job.id), self.keys.stream, self.keys.done(job.id),
+                self.keys.delayed]
 
 
 class JobHandle:
@@ -474,8 +502,9 @@ def _out_of_memory(exc: BaseException) -> bool:
             or "OOM command not allowed" in str(exc))
 
 
-def _enqueue_args(job: Job, data: bytes) -> list[Any]:
-    return [data, job.task, job.attempt, job.max_attempts, repr(job.enqueued_at)]
+def _enqueue_args(job: Job, data: bytes, at: float | None = None) -> list[Any]:
+    args = [data, job.task, job.attempt, job.max_attempts, repr(job.enqueued_at)]
+    return args if at is None else [*args, repr(at)]
 
 
 def _text(value: Any) -> str:

@@ -42,10 +42,19 @@ _LOADS = 3
 # the same job_id at once (a retry after a timeout) would both see it free, and the
 # job would run twice.
 ENQUEUE = """
--- KEYS[1] job record, KEYS[2] stream, KEYS[3] done list
--- ARGV[1] envelope, ARGV[2] task, ARGV[3] attempt, ARGV[4] max_attempts, ARGV[5] enqueued_at
+-- KEYS[1] job record, KEYS[2] stream, KEYS[3] done list, KEYS[4] delayed zset
+-- ARGV[1] envelope, ARGV[2] task, ARGV[3] attempt, ARGV[4] max_attempts, ARGV[5] enqueued_at,
+-- ARGV[6] (optional) when it is due, epoch s: it waits in the delayed set till then.
 -- The id is taken while its record exists: check and add in one atomic step.
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if ARGV[6] then
+  -- ZADD first, as XADD below: the first write is the one refused out of memory.
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[1], 'status', 'scheduled', 'task', ARGV[2], 'attempt', ARGV[3],
+             'max_attempts', ARGV[4], 'enqueued_at', ARGV[5], 'next_at', ARGV[6])
+  return 'delayed'
+end
 -- XADD is the first write, on purpose: Redis out of memory refuses a script's first
 -- write that may grow memory, and then none after it (it cannot stop half-way). A
 -- DEL first (it frees) let every enqueue through, far past maxmemory.
@@ -59,7 +68,8 @@ return entry
 """
 
 # Atomic because the check, XADD and ZREM must run with nothing in between: two
-# workers moving at once both read the same due jobs (the client reads them, to name
+# workers moving at once both read the same due jobs (retries, and jobs enqueued with
+# a delay) (the client reads them, to name
 # their records in KEYS), and each job must be moved once: the one that finds it still
 # in the set moves it, the other skips it. The record names its new entry, in the same
 # step, so ``entry`` is never a deleted one.
@@ -77,6 +87,11 @@ for i, job in ipairs(ARGV) do
     local record = KEYS[i + 2]
     if record ~= KEYS[2] and redis.call('EXISTS', record) == 1 then
       redis.call('HSET', record, 'entry', entry)
+      -- A job enqueued with a delay is queued now; a retry stays 'retrying' till it starts.
+      if redis.call('HGET', record, 'status') == 'scheduled' then
+        redis.call('HSET', record, 'status', 'queued')
+        redis.call('HDEL', record, 'next_at')
+      end
     end
     moved = moved + 1
   end

@@ -202,8 +202,8 @@ def test_new_jobs_get_unique_ids_and_the_current_time():
 def test_final_statuses():
     assert {s for s in JobStatus if s.final} == {JobStatus.DONE, JobStatus.FAILED,
                                                  JobStatus.DEAD}
-    assert [s.value for s in JobStatus] == ["queued", "running", "retrying", "done", "failed",
-                                            "dead"]
+    assert [s.value for s in JobStatus] == ["scheduled", "queued", "running", "retrying",
+                                            "done", "failed", "dead"]
 
 
 def test_job_failed_carries_the_remote_error():
