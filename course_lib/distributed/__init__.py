@@ -14,7 +14,8 @@
 
 Modules: ``keys`` (every Redis key, in one place), ``job`` (the JSON envelope,
 statuses, the task registry), ``scripts`` (every Lua script, and why each must be
-atomic), ``queue`` (the client: enqueue, results, dead letters and their requeue),
+atomic), ``options`` (``EnqueueOptions``: a delay or a time, attempts, timeout, deadline, id),
+``queue`` (the client: enqueue, results, cancel, dead letters and their requeue),
 ``results`` (one listener per Queue that wakes every ``result()``), ``worker``
 (the consumer-group worker: reading, slots, stopping) and ``running``
 (its per-job half: run one entry, settle it), ``cli`` (the command line), ``naive``
@@ -34,10 +35,12 @@ __all__ = [
     "DEFAULT_QUEUE",
     "MAX_JOB_BYTES",
     "PREFIX",
+    "CancelOutcome",
     "DeadLetter",
     "EnqueueOptions",
     "InvalidJob",
     "Job",
+    "JobCancelled",
     "JobFailed",
     "JobHandle",
     "JobNotFound",
@@ -59,6 +62,7 @@ from .job import (
     MAX_JOB_BYTES,
     InvalidJob,
     Job,
+    JobCancelled,
     JobFailed,
     JobNotFound,
     JobStatus,
@@ -68,5 +72,14 @@ from .job import (
 from .keys import DEFAULT_QUEUE, PREFIX, QueueKeys
 from .naive import NaiveListWorker
 from .options import EnqueueOptions
-from .queue import DeadLetter, JobHandle, Queue, QueueClosed, QueueCounts, QueueFull, RequeueReport
+from .queue import (
+    CancelOutcome,
+    DeadLetter,
+    JobHandle,
+    Queue,
+    QueueClosed,
+    QueueCounts,
+    QueueFull,
+    RequeueReport,
+)
 from .worker import Worker, WorkerStats

@@ -3,6 +3,8 @@
     python -m course_lib.distributed --redis-url redis://127.0.0.1:6379/0 \\
         worker --app course_lib.examples.jobs_app:registry --concurrency 4
     python -m course_lib.distributed enqueue resize 42 --wait 30   # prints the id, then the result
+    python -m course_lib.distributed enqueue report --delay 60      # runs a minute from now
+    python -m course_lib.distributed cancel JOB_ID
     python -m course_lib.distributed stats --json
     python -m course_lib.distributed stats --watch --interval 2   # redrawn until Ctrl-C
     python -m course_lib.distributed dead list
@@ -48,6 +50,9 @@ the app does not register, as ``Queue.requeue_dead`` with a registry does (witho
 it nothing can be checked: such a job dies again at once). Data goes to stdout,
 messages to stderr, text from Redis with its control characters escaped (``\\x1b``);
 passwords never show (``mask_url``).
+``cancel JOB_ID`` prints the id and what happened (``cancelled``: it had not started;
+``requested``: it runs, and its worker cancels it within a heartbeat; ``ended``: exit 1,
+nothing to cancel; no such job: exit 1).
 ``stats`` counts the consumers in the group and, apart, the ``stale`` ones: idle
 longer than ``--stale-after`` (default 30 s, the worker's default visibility
 timeout), as a killed worker's consumer is until something deletes it.
@@ -66,7 +71,8 @@ Exit codes:
 
     0    ok
     1    the awaited job failed or died (enqueue --wait), a requeue refused some
-         entries, or Redis answered a command with an error
+         entries, cancel found no job or one ended already, or Redis answered a command
+         with an error
     2    usage error: bad arguments, no Redis URL, a bad --app, a --metrics-port
          or --aiomonitor-port that cannot be listened on, aiomonitor not installed
     3    Redis unreachable, or not answering (a frozen server: see above)
@@ -105,7 +111,7 @@ from ..redis import RedisUnavailable, _scrub, connect, mask_url
 from .job import InvalidJob, Job, JobFailed, JobNotFound, TaskRegistry
 from .keys import DEFAULT_QUEUE, check_queue_name
 from .options import EnqueueOptions
-from .queue import DeadLetter, Queue, _text
+from .queue import CancelOutcome, DeadLetter, Queue, _text
 from .running import _REDIS_DOWN
 from .worker import Worker
 
@@ -267,6 +273,10 @@ def _parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--wait", nargs="?", type=_positive(float), const=math.inf,
                          metavar="SECONDS", help="wait for the result (at most SECONDS) and "
                          "print it as JSON")
+
+    cancel = command(commands, "cancel", _cancel,
+                     "cancel a job: one not started never runs, a running one is cancelled")
+    cancel.add_argument("job_id", metavar="JOB_ID")
 
     stats = command(commands, "stats", _stats,
                     "queue counts: stream, pending, lag, delayed, dead, consumers")
@@ -568,6 +578,28 @@ async def _enqueue(args: argparse.Namespace, client: redis.asyncio.Redis) -> int
     except (JobFailed, JobNotFound) as exc:
         return _fail(EXIT_FAILED, exc)
     print(json.dumps(result, ensure_ascii=False))
+    return EXIT_OK
+
+
+_CANCEL_SAYS = {
+    CancelOutcome.CANCELLED: "cancelled: it had not started, and never will",
+    CancelOutcome.REQUESTED: "cancel requested: it is running; its worker cancels it within "
+                             "one heartbeat (a third of its --visibility-timeout)",
+}
+
+
+async def _cancel(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
+    queue = Queue(client, args.queue)
+    try:
+        outcome = await _answered(queue.cancel(args.job_id), "cancelling")
+    except JobNotFound as exc:
+        return _fail(EXIT_FAILED, exc)
+    print(f"{args.job_id} {outcome.value}", flush=True)
+    if outcome is CancelOutcome.ENDED:
+        status = await _answered(queue.handle(args.job_id).status(), "reading its status")
+        return _fail(EXIT_FAILED, f"job {args.job_id} already ended "
+                                  f"({status.value if status else 'expired'}): not cancelled")
+    print(f"job {args.job_id} {_CANCEL_SAYS[outcome]}", file=sys.stderr)
     return EXIT_OK
 
 

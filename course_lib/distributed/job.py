@@ -15,6 +15,7 @@ __all__ = [
     "MAX_JOB_BYTES",
     "InvalidJob",
     "Job",
+    "JobCancelled",
     "JobFailed",
     "JobNotFound",
     "JobStatus",
@@ -68,14 +69,15 @@ class JobStatus(enum.Enum):
     DONE = "done"  # returned; the result is kept for result_ttl_s
     FAILED = "failed"  # raised an error its task does not retry on (no dead letter)
     DEAD = "dead"  # given up on (attempts used up, timed out, unknown task...): dead-lettered
+    CANCELLED = "cancelled"  # Queue.cancel(): before it started, or its task cancelled
 
     @property
     def final(self) -> bool:
-        """True for done, failed and dead: the record no longer changes."""
+        """True for done, failed, dead and cancelled: the record no longer changes."""
         return self in _FINAL
 
 
-_FINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.DEAD})
+_FINAL = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 
 
 class JobFailed(Exception):
@@ -108,6 +110,14 @@ class JobFailed(Exception):
         self.error_type = error_type
         self.error_message = error_message
         self.reason = reason
+
+
+class JobCancelled(JobFailed):
+    """The job was cancelled (``Queue.cancel``): ``result()`` raises this, a JobFailed.
+
+        except JobCancelled as exc:
+            exc.reason   # 'cancelled before it started', 'cancelled while running, ...'
+    """
 
 
 class JobNotFound(LookupError):

@@ -71,7 +71,8 @@ NAIVE_RESULT_PREFIX = f"{PREFIX}:naive:result:"  # + the job's id
 
 # Fields of the job record (``cq:{q}:job:<id>``), all strings:
 JOB_FIELDS = {
-    "status": "a JobStatus value: scheduled, queued, running, retrying, done, failed, dead",
+    "status": "a JobStatus value: scheduled, queued, running, retrying, done, failed, dead, "
+              "cancelled",
     "task": "the task's name",
     "attempt": "the attempt running or last run, from 1",
     "max_attempts": "attempts allowed in all",
@@ -80,13 +81,15 @@ JOB_FIELDS = {
              "hand-back, a requeue): while queued or running, the live one",
     "worker": "the consumer name of the worker that last ran it",
     "started_at": "epoch seconds, start of the last attempt",
-    "finished_at": "epoch seconds, when it ended (done, failed or dead)",
+    "finished_at": "epoch seconds, when it ended (done, failed, dead or cancelled)",
     "next_at": "epoch seconds, when a retry or a delayed job is due (retrying, scheduled)",
     "result": "the return value, JSON (status done)",
     "error_type": "the last error's class name, e.g. ValueError",
     "error": "the last error's message",
     "traceback": "the last error's traceback, cut to a few KiB (never logged)",
-    "reason": "why it failed or died, in words",
+    "reason": "why it failed, died or was cancelled, in words",
+    "cancel": "epoch seconds, when a cancel was asked for while it ran (Queue.cancel): its "
+              "worker cancels it within a heartbeat; a START that finds it ends the job",
 }
 
 # Queue names become part of keys and of the hash tag: no braces, no colons.

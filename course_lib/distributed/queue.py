@@ -16,10 +16,12 @@ sleep-polling, and 5,000 waiters share two connections.
 from __future__ import annotations
 
 __all__ = [
-    "DeadLetter", "JobHandle", "Queue", "QueueClosed", "QueueCounts", "QueueFull", "RequeueReport",
+    "CancelOutcome", "DeadLetter", "JobHandle", "Queue", "QueueClosed", "QueueCounts", "QueueFull",
+    "RequeueReport",
 ]
 
 import dataclasses
+import enum
 import json
 import re
 import time
@@ -29,7 +31,7 @@ from typing import Any
 import redis.asyncio
 
 from . import scripts
-from .job import InvalidJob, Job, JobFailed, JobStatus, TaskRegistry
+from .job import InvalidJob, Job, JobCancelled, JobFailed, JobNotFound, JobStatus, TaskRegistry
 from .keys import DEFAULT_QUEUE, QueueKeys
 from .options import EnqueueOptions
 from .results import QueueClosed, ResultListener
@@ -56,6 +58,17 @@ class QueueFull(redis.exceptions.OutOfMemoryError):
     def __init__(self, message: str, handles: list[JobHandle] | None = None) -> None:
         super().__init__(message)
         self.handles = handles or []
+
+
+class CancelOutcome(enum.Enum):
+    """What ``Queue.cancel`` did.
+
+        await handle.cancel()   # <CancelOutcome.CANCELLED: 'cancelled'>
+    """
+
+    CANCELLED = "cancelled"  # it had not started: it never will (status cancelled now)
+    REQUESTED = "requested"  # it runs: its worker cancels it within one heartbeat_s
+    ENDED = "ended"  # it had ended (done, failed, dead, cancelled): nothing changed
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -141,6 +154,7 @@ class Queue:
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._move_due = redis.register_script(scripts.MOVE_DUE)
         self._requeue = redis.register_script(scripts.REQUEUE_DEAD)
+        self._cancel = redis.register_script(scripts.CANCEL)
         self._results = ResultListener(redis, self.keys, repr(self))
 
     def __repr__(self) -> str:
@@ -277,6 +291,30 @@ class Queue:
         return QueueFull(f"{self!r} on {_describe(self.redis)}: Redis is out of memory "
                          f"(maxmemory reached, nothing evicted): {what}, nothing written. "
                          "Let workers drain the queue, or free memory", added)
+
+    async def cancel(self, job_id: str, *, result_ttl_s: float = 24 * 3600.0) -> CancelOutcome:
+        """Cancel a job: one that has not started never will; a running one is cancelled.
+
+            await queue.cancel("resize-42")   # CancelOutcome.CANCELLED, REQUESTED or ENDED
+
+        Queued, scheduled or waiting for a retry: its record turns ``cancelled`` at once
+        (its waiters wake with ``JobCancelled``), its entry leaves the stream or the
+        delayed set, and a worker that has read it already acks it unrun. Running: a
+        flag in its record, read by its worker's next heartbeat (every ``heartbeat_s``,
+        a third of the visibility timeout by default: 10 s), which cancels the task and
+        records it ``cancelled``; if that worker dies first, the worker that reclaims the
+        job ends it cancelled, unrun. A task that ends before (or swallows the cancel)
+        keeps its outcome. JobNotFound: no record (never enqueued, or expired). The
+        record of a job cancelled before it started expires after ``result_ttl_s``.
+        """
+        reply = _text(await self._cancel(
+            keys=[self.keys.job(job_id), self.keys.done(job_id), self.keys.stream,
+                  self.keys.delayed],
+            args=[self.keys.group, repr(time.time()), max(1, round(result_ttl_s * 1000)),
+                  job_id]))
+        if reply == "unknown":
+            raise JobNotFound(f"no job {job_id!r} in {self!r} (never enqueued, or expired)")
+        return CancelOutcome(reply)
 
     def handle(self, job_id: str) -> JobHandle:
         """A handle on a job enqueued earlier (by id), e.g. from another process."""
@@ -462,8 +500,14 @@ class JobHandle:
         status = await self.queue.redis.hget(self.queue.keys.job(self.id), "status")
         return None if status is None else JobStatus(_text(status))
 
+    async def cancel(self) -> CancelOutcome:
+        """Cancel the job (see ``Queue.cancel``): cancelled, requested, or ended already."""
+        return await self.queue.cancel(self.id)
+
     async def result(self, timeout_s: float | None = None) -> Any:
         """Wait until the job ends; its return value, or JobFailed when it failed or died.
+
+        JobCancelled (a JobFailed) when it was cancelled.
 
         Raises TimeoutError after ``timeout_s`` (the job goes on), JobNotFound when
         there is no record, QueueClosed when the Queue is closed meanwhile, and
@@ -479,7 +523,8 @@ class JobHandle:
 def _outcome(job_id: str, status: JobStatus, record: dict[str, str]) -> Any:
     if status is JobStatus.DONE:
         return json.loads(record.get("result", "null"))
-    raise JobFailed(job_id, record.get("task", "?"), status, record.get("error_type", ""),
+    error = JobCancelled if status is JobStatus.CANCELLED else JobFailed
+    raise error(job_id, record.get("task", "?"), status, record.get("error_type", ""),
                     record.get("error", ""), record.get("reason", ""))
 
 

@@ -60,6 +60,8 @@ class _Delivery:
     started: float | None = None  # loop time the attempt began
     settling: bool = False  # a settle has begun: a cancel must not hand it back
     lost: bool = False  # a heartbeat found it reclaimed by another worker
+    cancel: bool = False  # a heartbeat found a cancel asked for (Queue.cancel)
+    runner: asyncio.Task[None] | None = None  # the task that runs it
 
 
 # A settle waiting to be sent: its 2 keys, its arguments, and its delivery.
@@ -130,7 +132,7 @@ class _Running:
             return 0  # a "crash": they stay in our PEL, unrun
         for d in deliveries:
             self._holding[d.entry_id] = d
-            self._jobs.spawn(self._run_entry(d), name=f"{self.name} {d.entry_id}")
+            d.runner = self._jobs.spawn(self._run_entry(d), name=f"{self.name} {d.entry_id}")
         return len(deliveries)
 
     def _prepare(self, entry_id: str, fields: dict[Any, Any], poison: str | None) -> _Delivery:
@@ -236,6 +238,13 @@ class _Running:
         try:
             if d.problem is not None:
                 self._bury(d, d.problem, error=d.error)
+            elif d.ended == "cancel" and d.job is not None:  # asked while a worker lost it ran
+                self._cancelled(d, d.job, 0.0, "cancelled on request before this attempt "
+                                               "started")
+            elif d.ended == "cancelled":
+                logger.info("entry %s: job %s was cancelled before it started; acked unrun",
+                            d.entry_id, d.job.id if d.job else "?")
+                self._settle(d, None, "ack")
             elif d.ended is not None:
                 logger.info("entry %s: job %s ended already; acked as a duplicate",
                             d.entry_id, d.job.id if d.job else "?")
@@ -268,6 +277,9 @@ class _Running:
         if logger.isEnabledFor(logging.INFO):
             logger.info("%6.2fs → %s(id=%s) %d/%d", max(0.0, time.time() - job.enqueued_at),
                         job.task, job.id, job.attempt, job.max_attempts)
+        if d.cancel:  # a heartbeat read the flag while START was held (_hold)
+            self._cancelled(d, job, 0.0, "cancelled on request before this attempt started")
+            return
         loop = asyncio.get_running_loop()
         started = d.started = loop.time()
         scope = None
@@ -285,6 +297,12 @@ class _Running:
             if current.cancelling():
                 if self._stopping is not None or d.lost:
                     raise  # our stop (or abort): _run_entry hands it back, or leaves it
+                if d.cancel:  # ours, asked for by Queue.cancel (see _beat)
+                    while current.uncancel():
+                        pass
+                    self._cancelled(d, job, loop.time() - started,
+                                    "cancelled while running, on request")
+                    return
                 # Cancelled from outside the worker (aiomonitor's cancel, a stray
                 # task.cancel()): handed back as at a stop, it would be read again at
                 # the same attempt and, if it hangs, cancelled again, for ever. It is
@@ -386,6 +404,13 @@ class _Running:
             record |= _error_fields(error, reason)
         self._settle(d, job.id, "end", *_counted(record), *_counted(letter))
 
+    def _cancelled(self, d: _Delivery, job: Job, ran_s: float, reason: str) -> None:
+        """End the job cancelled, as asked (``Queue.cancel``): no retry, no dead letter."""
+        logger.info("%6.2fs ⊘ %s(id=%s) %s", ran_s, job.task, job.id, reason)
+        record = {"status": JobStatus.CANCELLED.value, "finished_at": repr(time.time()),
+                  "reason": reason}
+        self._settle(d, job.id, "end", *_counted(record), 0)
+
     def _hand_back(self, d: _Delivery) -> None:
         assert d.job is not None
         self._counts["handed_back"] += 1
@@ -403,14 +428,17 @@ class _Running:
         The worker's heartbeat loop calls this every ``heartbeat_s``, so no other
         worker takes a long job over. An entry found reclaimed by another worker
         (this one looked dead: a long pause, a partition) is logged once: the job may
-        then run twice, and whichever settle comes second writes nothing.
+        then run twice, and whichever settle comes second writes nothing. The same call
+        reads the cancel flags ``Queue.cancel`` sets: a job flagged has its task
+        cancelled, so a cancel lands within one ``heartbeat_s`` (and a round trip).
         """
         held = [d for d in self._holding.values() if not d.settling and not d.lost]
         if not held:
             return
         try:
-            lost = await self._heartbeat_script(
-                keys=[self.keys.stream],
+            lost, cancel = await self._heartbeat_script(
+                keys=[self.keys.stream, *(self.keys.stream if d.job is None else
+                                          self._job_key + d.job.id.encode() for d in held)],
                 args=[self.keys.group, self.name, *(d.entry_id for d in held)])
         except Exception as exc:  # Redis away: the next beat may do
             logger.debug("worker %s: heartbeat of %d entries failed: %r", self.name, len(held),
@@ -422,6 +450,15 @@ class _Running:
                 d.lost = True
                 logger.warning("entry %s was reclaimed by another worker while running here: "
                                "the job may run twice", d.entry_id)
+        for entry_id in cancel:
+            d = self._holding.get(_text(entry_id))
+            if d is None or d.settling or d.lost or d.cancel:
+                continue
+            d.cancel = True
+            if d.started is not None and d.runner is not None:  # else _run_one sees the flag
+                logger.info("entry %s: cancel asked for job %s; cancelling its task",
+                            d.entry_id, d.job.id if d.job else "?")
+                d.runner.cancel()
 
     # --- settling ---------------------------------------------------------------------
 

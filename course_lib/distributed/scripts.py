@@ -17,7 +17,7 @@ SETTLE is: it ends jobs and deletes their entries, so workers drain under pressu
 while ENQUEUE (refused: the client gets ``QueueFull``) and START (the worker holds its
 read and backs off) wait for memory.
 
-Who runs which: ``Queue`` runs ENQUEUE, MOVE_DUE and REQUEUE_DEAD; ``Worker``
+Who runs which: ``Queue`` runs ENQUEUE, MOVE_DUE, REQUEUE_DEAD and CANCEL; ``Worker``
 runs START, HEARTBEAT and SETTLE, each on a batch: one call marks all the
 jobs of a read running, beats all the entries it runs, or settles all the
 deliveries that ended together (each one still gated by its own pending check);
@@ -26,8 +26,8 @@ and FORGET_CONSUMERS, now and then, for the consumers crashed workers left.
 
 from __future__ import annotations
 
-__all__ = ["ENQUEUE", "FORGET_CONSUMERS", "HEARTBEAT", "MOVE_DUE", "REQUEUE_DEAD", "SETTLE",
-           "SETTLE_FLAGS", "START", "Script"]
+__all__ = ["CANCEL", "ENQUEUE", "FORGET_CONSUMERS", "HEARTBEAT", "MOVE_DUE", "REQUEUE_DEAD",
+           "SETTLE", "SETTLE_FLAGS", "START", "Script"]
 
 from typing import Any
 
@@ -100,20 +100,26 @@ return moved
 """
 
 # Atomic because a record must not change between reading its status and marking
-# it running: a duplicate entry of a job that has just ended would otherwise turn
-# its final status back into "running". One call marks every job of a read batch.
+# it running: a duplicate entry of a job that has just ended (or been cancelled) would
+# otherwise turn its final status back into "running", and the job would run. One
+# call marks every job of a read batch.
 START = """
 -- KEYS: the job records of the jobs just read, one each
 -- ARGV[1] worker, ARGV[2] started_at, then one per job, in KEYS order:
 --   '<attempt> <max_attempts> <task> <enqueued_at>' (one argument: a quarter of the
 --   cost of four, to send and to receive; a task name holds no space)
--- Returns one string per job: its status when it already ended (a duplicate entry:
--- nothing written), else '' (marked running).
+-- Returns one string per job: its status when it already ended (a duplicate entry, or
+-- cancelled before it started: nothing written), 'cancel' when a cancel was asked for
+-- while an earlier delivery ran (its worker died, or handed it back: the worker ends it
+-- cancelled, unrun; nothing written here), else '' (marked running).
 local out = {}
 for i, key in ipairs(KEYS) do
-  local status = redis.call('HGET', key, 'status')
-  if status == 'done' or status == 'failed' or status == 'dead' then
+  local got = redis.call('HMGET', key, 'status', 'cancel')
+  local status = got[1]
+  if status == 'done' or status == 'failed' or status == 'dead' or status == 'cancelled' then
     out[i] = status
+  elseif got[2] then
+    out[i] = 'cancel'
   else
     local attempt, most, task, at = string.match(ARGV[i + 2], '^(%S+) (%S+) (%S+) (%S+)$')
     redis.call('HSET', key, 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2],
@@ -148,7 +154,7 @@ local entry = redis.call('XADD', KEYS[2], '*', 'job', ARGV[2], unpack(ARGV, 6, #
 -- The old token would wake result() at once with the dead outcome.
 redis.call('DEL', KEYS[4])
 redis.call('HDEL', KEYS[3], 'worker', 'started_at', 'finished_at', 'next_at', 'result',
-           'error_type', 'error', 'traceback', 'reason')
+           'error_type', 'error', 'traceback', 'reason', 'cancel')
 redis.call('HSET', KEYS[3], 'status', 'queued', 'task', ARGV[3], 'attempt', '1',
            'max_attempts', ARGV[4], 'enqueued_at', ARGV[5], 'entry', entry)
 redis.call('PERSIST', KEYS[3])  -- a queued record does not expire, as after enqueue
@@ -158,20 +164,78 @@ return {1, entry}
 
 # Atomic because "is it still mine?" and "reset its idle time" must not be split:
 # a worker that reclaimed the entry in between would lose it back to us. One call
-# beats every entry a worker runs.
+# beats every entry a worker runs, and reads their cancel flags: a cancel asked for
+# while a job runs reaches its worker within one heartbeat, at no extra round trip.
 HEARTBEAT = """
--- KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids
+-- KEYS[1] stream, then the job record of each entry (the stream again: no job);
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids, in KEYS[2..] order
 -- Reset each entry's idle time, but only while it is still ours: a bare XCLAIM would
--- take it back from a worker that reclaimed it meanwhile. Returns the ids not ours.
-local lost = {}
+-- take it back from a worker that reclaimed it meanwhile. Returns {the ids not ours,
+-- the ids whose job has a cancel asked for (Queue.cancel): the worker cancels them}.
+local lost, cancel = {}, {}
 for i = 3, #ARGV do
   if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) == 0 then
     lost[#lost + 1] = ARGV[i]
   else
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    local record = KEYS[i - 1]
+    if record ~= KEYS[1] and redis.call('HEXISTS', record, 'cancel') == 1 then
+      cancel[#cancel + 1] = ARGV[i]
+    end
   end
 end
-return lost
+return {lost, cancel}
+"""
+
+# Atomic because the status read and what follows must not be split: a worker's START
+# between them would mark the job running after we decided it had not started (it
+# would run, cancelled), and a job that just ended must not turn cancelled. START reads
+# the record in one step too: a job cancelled here never starts, a running one gets a
+# flag its worker's heartbeat reads (or the next START, if that worker died).
+CANCEL = """
+-- KEYS[1] job record, KEYS[2] done list, KEYS[3] stream, KEYS[4] delayed zset
+-- ARGV[1] group, ARGV[2] now (epoch s), ARGV[3] ttl in ms of the final record, ARGV[4] id
+-- Returns 'unknown' (no record), 'ended' (final already: nothing written), 'requested'
+-- (running: flagged) or 'cancelled' (had not started: it never will).
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'unknown' end
+if status == 'done' or status == 'failed' or status == 'dead' or status == 'cancelled' then
+  return 'ended'
+end
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', ARGV[2])
+  return 'requested'
+end
+-- scheduled, queued or retrying. The write that may be refused out of memory first.
+local why = 'cancelled before it started'
+if status == 'retrying' then why = 'cancelled between attempts' end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[2], 'reason', why)
+local due = redis.call('HGET', KEYS[1], 'next_at')
+if due then
+  -- Waiting in the delayed set, its envelope scored by next_at: removed, or it would be
+  -- moved to the stream after its record expired, and run.
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], due, due)) do
+    local ok, job = pcall(cjson.decode, member)
+    if ok and type(job) == 'table' and job.id == ARGV[4] then
+      redis.call('ZREM', KEYS[4], member)
+    end
+  end
+  redis.call('HDEL', KEYS[1], 'next_at')
+end
+local entry = redis.call('HGET', KEYS[1], 'entry')
+if entry then
+  -- Not delivered yet (in no consumer's PEL; no group: no worker yet): deleted, never
+  -- read. Delivered: left for the worker holding it, whose START finds it cancelled.
+  local pending = redis.pcall('XPENDING', KEYS[3], ARGV[1], entry, entry, 1)
+  if type(pending) ~= 'table' or pending.err or #pending == 0 then
+    redis.call('XDEL', KEYS[3], entry)
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('LPUSH', KEYS[2], 'done')  -- wakes result(), as SETTLE's notify()
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', KEYS[2], 'done')
+return 'cancelled'
 """
 
 # Atomic because "holds nothing" and the delete must not be split: XGROUP DELCONSUMER
@@ -222,7 +286,7 @@ local ttl = ARGV[2]
 
 local function ended(job)
   local status = redis.call('HGET', job, 'status')
-  return status == 'done' or status == 'failed' or status == 'dead'
+  return status == 'done' or status == 'failed' or status == 'dead' or status == 'cancelled'
 end
 
 local function notify(job, done)

@@ -201,9 +201,9 @@ def test_new_jobs_get_unique_ids_and_the_current_time():
 
 def test_final_statuses():
     assert {s for s in JobStatus if s.final} == {JobStatus.DONE, JobStatus.FAILED,
-                                                 JobStatus.DEAD}
+                                                 JobStatus.DEAD, JobStatus.CANCELLED}
     assert [s.value for s in JobStatus] == ["scheduled", "queued", "running", "retrying",
-                                            "done", "failed", "dead"]
+                                            "done", "failed", "dead", "cancelled"]
 
 
 def test_job_failed_carries_the_remote_error():
