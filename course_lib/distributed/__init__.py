@@ -16,7 +16,8 @@ Modules: ``keys`` (every Redis key, in one place), ``job`` (the JSON envelope,
 statuses, the task registry), ``scripts`` (every Lua script, and why each must be
 atomic), ``options`` (``EnqueueOptions``: a delay or a time, attempts, timeout, deadline, id),
 ``queue`` (the client: enqueue, results, cancel, dead letters and their requeue),
-``results`` (one listener per Queue that wakes every ``result()``), ``worker``
+``results`` (one listener per Queue that wakes every ``result()``), ``periodic``
+(``registry.every(...)``: jobs per tick, enqueued once across the workers), ``worker``
 (the consumer-group worker: reading, slots, stopping) and ``running``
 (its per-job half: run one entry, settle it), ``cli`` (the command line), ``naive``
 (the article's list worker, to show how it loses and duplicates jobs; never use it).

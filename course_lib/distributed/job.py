@@ -277,6 +277,7 @@ class TaskRegistry:
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
+        self.periodic: list[Any] = []  # Periodic schedules (``every``), for the schedulers
 
     def __repr__(self) -> str:
         return f"<TaskRegistry {sorted(self._tasks)}>"
@@ -329,6 +330,28 @@ class TaskRegistry:
         task = Task(name, fn, max_attempts, timeout_s, classes)
         self._tasks[name] = task
         return task
+
+    def every(self, every_s: Any, task: str, args: Sequence[Any] = (),
+              kwargs: Mapping[str, Any] | None = None, *, offset_s: Any = 0.0,
+              name: str | None = None) -> Any:
+        """Run the registered ``task`` every ``every_s`` (seconds or a timedelta); its Periodic.
+
+            registry.every(3600, "cleanup")                               # on every hour
+            registry.every(86400, "report", ["daily"], offset_s=3 * 3600)   # 03:00 UTC daily
+
+        Ticks are aligned to the Unix epoch (UTC) plus ``offset_s``; the workers running
+        this registry enqueue each tick's job once between them (see ``periodic``).
+        """
+        from .periodic import Periodic  # here: periodic imports this module
+
+        if task not in self._tasks:
+            raise ValueError(f"no task {task!r} in {self!r}: register it first")
+        schedule = Periodic(task, every_s, offset_s, args, kwargs or {}, name or task)
+        if any(p.name == schedule.name for p in self.periodic):
+            raise ValueError(f"a periodic schedule named {schedule.name!r} is already in "
+                             f"{self!r}: give this one another name=")
+        self.periodic.append(schedule)
+        return schedule
 
     def get(self, name: str) -> Task | None:
         return self._tasks.get(name)

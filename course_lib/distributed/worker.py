@@ -95,6 +95,7 @@ from ..timeouts import backoff_s
 from . import scripts
 from .job import TaskRegistry
 from .keys import DEFAULT_QUEUE
+from .periodic import Scheduler
 from .queue import Queue, _out_of_memory, _text
 from .running import (
     _REDIS_DOWN,
@@ -233,6 +234,9 @@ class Worker(_Running):
         self.reconnect_base_s = reconnect_base_s
         self.reconnect_max_s = reconnect_max_s
         self.report: ShutdownReport | None = None  # set by stop()
+        # Enqueues the ticks of the registry's periodic jobs, once each across workers.
+        self.scheduler = (Scheduler(self.queue, registry, result_ttl_s=result_ttl_s,
+                                    retry_s=reconnect_max_s) if registry.periodic else None)
         self._settle_script = scripts.Script(redis, scripts.SETTLE, flags=scripts.SETTLE_FLAGS)
         self._start_script = scripts.Script(redis, scripts.START)
         self._heartbeat_script = scripts.Script(redis, scripts.HEARTBEAT)
@@ -280,6 +284,9 @@ class Worker(_Running):
             asyncio.create_task(self._read_loop(), name=f"{self.name} read"),
             asyncio.create_task(self._maintain_loop(), name=f"{self.name} maintain"),
         ]
+        if self.scheduler is not None:  # the registry's periodic jobs (periodic.py)
+            self._loops.append(asyncio.create_task(self.scheduler.run(self._stop_requested),
+                                                   name=f"{self.name} schedule"))
         # Apart from the loops above: it beats on while stop() lets running jobs finish.
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(),
                                               name=f"{self.name} heartbeat")
