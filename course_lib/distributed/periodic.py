@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .job import InvalidJob, Job
 
 if TYPE_CHECKING:
+    from .job import TaskRegistry
     from .queue import Queue
 
 logger = logging.getLogger("course_lib.distributed.worker")
@@ -117,7 +118,7 @@ class Scheduler:
     bounds how late a tick may still be enqueued (see the module).
     """
 
-    def __init__(self, queue: Queue, registry: Any, *, result_ttl_s: float,
+    def __init__(self, queue: Queue, registry: TaskRegistry, *, result_ttl_s: float,
                  retry_s: float = 1.0) -> None:
         self.queue = queue
         self.registry = registry
@@ -164,7 +165,7 @@ class Scheduler:
                 self._last[schedule.name] = index  # after the enqueue: one that failed is retried
 
     async def _enqueue(self, schedule: Periodic, tick: float) -> None:
-        task = self.registry.get(schedule.task)
+        task = self.registry[schedule.task]
         job = schedule.job(tick, max_attempts=task.max_attempts, timeout_s=task.timeout_s)
         handle = await self.queue.enqueue_job(job)
         if handle.enqueued:

@@ -156,6 +156,8 @@ class Worker(_Running):
     needs a distinct ``name`` (default: host-pid-random). ``default_timeout_s`` bounds
     each attempt of a job that sets no ``timeout_s`` and whose task sets none (default
     300 s; ``None`` or ``inf``: unbounded, a hung task then holds its slot for ever).
+    A registry with periodic schedules (``registry.every``) makes it run a ``Scheduler``
+    too (``worker.scheduler``; see ``periodic``): each tick is enqueued once across workers.
     """
 
     def __init__(

@@ -16,8 +16,8 @@ import time
 import pytest
 from _worker_support import fast_worker
 
-from course_lib.distributed import JobStatus, Queue, TaskRegistry
-from course_lib.distributed.periodic import Periodic
+from course_lib.distributed import Job, JobStatus, Queue, TaskRegistry
+from course_lib.distributed.periodic import Periodic, Scheduler
 
 
 def _registry() -> tuple[TaskRegistry, list[str]]:
@@ -98,3 +98,24 @@ async def test_a_worker_without_periodic_tasks_runs_no_scheduler(redis):
     registry, _ = _registry()
     async with fast_worker(redis, registry) as worker:
         assert worker.scheduler is None
+
+
+@pytest.mark.asyncio
+async def test_a_scheduler_catches_up_missed_ticks_but_never_one_its_record_may_have_left(
+        redis):
+    registry, _ = _registry()
+    registry.every(1, "beat", ["second"], name="sec")
+    registry.every(10, "beat", ["ten"], name="ten")
+    queue = Queue(redis)
+    scheduler = Scheduler(queue, registry, result_ttl_s=5)
+    await scheduler.tick(1000.2)  # a new scheduler: the latest tick only
+    await scheduler.tick(1003.5)  # a stall of three ticks: caught up, in order
+    ids = [job.id for _, fields in await redis.xrange(queue.keys.stream)
+           for job in [Job.decode(fields[b"job"])]]
+    assert ids == ["sec@1000000", "ten@1000000", "sec@1001000", "sec@1002000", "sec@1003000"]
+    late = Scheduler(queue, registry, result_ttl_s=5)
+    await late.tick(1016)  # ten@1010000 is 6 s old: past result_ttl_s, so not enqueued
+    assert [job.id for _, fields in await redis.xrange(queue.keys.stream, count=100)
+            for job in [Job.decode(fields[b"job"])]][-1] == "sec@1016000"
+    assert not await queue.handle("ten@1010000").status()
+    assert (scheduler.enqueued, late.enqueued, late.duplicates) == (5, 1, 0)
