@@ -137,7 +137,9 @@ class Queue:
     ``max_attempts`` and ``timeout_s`` go into its jobs; without one (a client that
     does not import the tasks), jobs carry ``max_attempts=3`` and no timeout, and the
     worker dead-letters names it does not know. ``aclose()`` (or ``async with``) stops
-    its result listener; the client is not closed here.
+    its result listener; the client is not closed here. A delay, a time, attempts, a
+    timeout, a deadline: ``enqueue_with(EnqueueOptions(...), task, *args, **kwargs)``;
+    cancelling: ``cancel(job_id)``.
     """
 
     def __init__(
