@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 # run with nbval's comparison and more (tests/notebooks/test_notebooks_run_clean.py).
 NBVAL_ARGS := --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=120
 
-.PHONY: help lab test nbval test-all grade bench site clean
+.PHONY: help lab test nbval test-all grade bench bench-peers peer-venvs site clean
 
 help:
 	@echo "make lab       open JupyterLab on chapter 0 (LAB_ARGS='--no-browser --port 8899')"
@@ -26,6 +26,8 @@ help:
 	@echo "make nbval     the notebooks under nbval alone (not part of make test)"
 	@echo "make grade     the grade table for exercises/ (TARGET=solutions or a folder)"
 	@echo "make bench     run benchmarks/*.py (JSON results in benchmarks/results/)"
+	@echo "make bench-peers  the course worker against arq, SAQ, Celery and RQ, each in its"
+	@echo "               own venv under .venv-peers/ (BENCH_PEERS_ARGS=--quick: a short run)"
 	@echo "make site      the notebooks as they last ran, as a static HTML site in site/ (offline)"
 	@echo "make test-all  library and grading tests on every CPython >= 3.11 found"
 	@echo "make clean     remove .venv, .venv-* and caches"
@@ -64,8 +66,36 @@ grade: $(STAMP)
 	$(BIN)/python -m course_lib.grading --target $(TARGET)
 
 # Each script compares its variants side by side and writes benchmarks/results/NAME.json.
+# queue_peers.py is left to `make bench-peers`: it needs the peers' venvs, and minutes.
 bench: $(STAMP)
-	@for script in benchmarks/[!_]*.py; do echo "::: $$script"; $(BIN)/python $$script || exit 1; done
+	@for script in benchmarks/[!_]*.py; do \
+		[ "$$script" = benchmarks/queue_peers.py ] && continue; \
+		echo "::: $$script"; $(BIN)/python $$script || exit 1; done
+
+# The peers' redis-py pins conflict (arq needs < 6, SAQ < 8, Celery's kombu >= 6.4), so
+# each peer gets a venv of its own, from benchmarks/peers/requirements-PEER.txt. A copy
+# of those pins is the stamp: a venv whose pins did not change is reused as it is.
+PEERS      := arq saq celery rq
+PEERS_VENV := .venv-peers
+BENCH_PEERS_ARGS ?=
+
+peer-venvs: $(STAMP)
+	@n=0; total=$(words $(PEERS)); for peer in $(PEERS); do n=$$((n + 1)); \
+		pins=benchmarks/peers/requirements-$$peer.txt; venv=$(PEERS_VENV)/$$peer; \
+		if cmp -s $$pins $$venv/.pins; then \
+			echo "[$$n/$$total] $$peer: $$venv reused (pins unchanged)"; continue; fi; \
+		echo "[$$n/$$total] $$peer: creating $$venv"; rm -rf $$venv; \
+		$(PYTHON) -m venv $$venv || exit 1; \
+		$$venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip || exit 1; \
+		echo "[$$n/$$total] $$peer: installing $$(grep -v '^#' $$pins | tr '\n' ' ')"; \
+		$$venv/bin/python -m pip install --disable-pip-version-check --progress-bar on \
+			-r $$pins || exit 1; \
+		cp $$pins $$venv/.pins; \
+		echo "[$$n/$$total] $$peer: ready, $$($$venv/bin/python -m pip freeze | wc -l) packages"; \
+	done
+
+bench-peers: peer-venvs
+	$(BIN)/python benchmarks/queue_peers.py $(BENCH_PEERS_ARGS)
 
 # The chapters with their stored outputs (nothing runs), an index, the README:
 # open site/index.html, or copy site/ to any web server. tools/build_site.py says more.

@@ -1,0 +1,49 @@
+"""arq's side: ``arq arq_jobs.WorkerSettings`` (max_jobs from $PEERS_CONCURRENCY).
+
+arq's defaults stay as they are: ``poll_delay`` 0.5 s (it polls a sorted set;
+there is no blocking read), results kept 1 day, jobs pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import _jobs
+from arq import create_pool
+from arq.connections import RedisSettings
+
+ENQUEUE_BATCH = 100  # enqueue_job calls in flight at once (arq has no batch enqueue)
+
+
+async def noop(ctx: dict[str, Any]) -> None:
+    await _jobs.noop_async(_jobs.async_client())
+
+
+async def io(ctx: dict[str, Any]) -> None:
+    await _jobs.io_async(_jobs.async_client())
+
+
+class WorkerSettings:
+    functions = [noop, io]
+    redis_settings = RedisSettings.from_dsn(os.environ.get(_jobs.URL_ENV, "redis://127.0.0.1"))
+    max_jobs = int(os.environ.get("PEERS_CONCURRENCY", "10"))
+
+
+@contextlib.asynccontextmanager
+async def enqueuer() -> AsyncIterator[Callable[[str, int], Awaitable[None]]]:
+    import asyncio
+
+    pool = await create_pool(RedisSettings.from_dsn(_jobs.redis_url()))
+
+    async def enqueue(task: str, n: int) -> None:
+        for start in range(0, n, ENQUEUE_BATCH):
+            await asyncio.gather(*(pool.enqueue_job(task)
+                                   for _ in range(min(ENQUEUE_BATCH, n - start))))
+
+    try:
+        yield enqueue
+    finally:
+        await pool.aclose()

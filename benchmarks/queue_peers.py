@@ -1,0 +1,455 @@
+"""Jobs per second: the course worker against arq, SAQ, Celery and RQ, with the bare Streams loop.
+
+    make bench-peers                 # makes .venv-peers/PEER (one venv per peer), then runs this
+    python benchmarks/queue_peers.py [--quick] [--jobs 10000] [--io-jobs 1000] [--rounds 4]
+        [--only NAME,...] [--no-save] [--json PATH]
+
+Each consumer is one worker process started from its own command line in its own
+venv (the peers' redis-py pins conflict), on a redis-server of our own (loopback,
+free port, temp dir, no persistence), and runs two workloads:
+
+- ``noop``: N jobs that only count themselves (``INCR peers:done``);
+- ``io``: N jobs that wait 10 ms, then count: ``asyncio.sleep(0.01)`` in the async
+  workers (the course worker, arq, SAQ), ``time.sleep(0.01)`` in Celery and RQ, whose
+  jobs are sync functions (a blocking call is what I/O is in a solo, prefork or
+  thread pool; in an async worker it would block the loop).
+
+Timing, the same for all: the worker is started and warmed up (one job done), then
+benchmarks/peers/_drive.py, in the peer's venv, enqueues the N jobs with the
+library's own client and watches the one counter every job increments; a run lasts
+from the first enqueue to the counter reaching N. Each round runs every consumer
+once, in rotated order, so a busy moment on this shared machine hits all alike.
+
+The ceiling is the bare loop of benchmarks/queue_throughput.py (imported, not
+copied): XREADGROUP 100 + one pipeline per batch, no-op jobs enqueued before it
+starts, timed from "go" to the last result. Ratios divide a consumer's jobs/s by the
+bare loop's in the same round. Also per job: CPU of the worker's process group
+(forked children included) and of redis-server. Writes
+benchmarks/results/queue_peers.json and queue_peers.md unless ``--no-save``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from _common import RESULTS, machine, save
+from queue_throughput import _git, _LocalServer, _one_run, _Processes
+
+from course_lib.redis import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+PEERS_VENV = ROOT / ".venv-peers"
+IO_S = 0.01  # peers/_jobs.py's IO_S
+WARMUP_TIMEOUT_S = 90.0  # a cold Celery with mingle on a loaded machine takes seconds
+RUN_TIMEOUT_S = 600.0
+STOP_TIMEOUT_S = 20.0
+WORKLOADS = ("noop", "io")
+
+# Every consumer: which venv, which job module, how many jobs at once, which command.
+# "{py}"/"{bin}" are the venv's python and bin/, "{url}" the server, "{c}" concurrency.
+VARIANTS: list[dict[str, Any]] = [
+    {"name": "course worker c=10", "peer": "course", "module": "course_jobs", "concurrency": 10,
+     "cmd": ["{py}", "-m", "course_lib.distributed", "worker", "--redis-url", "{url}",
+             "--queue", "peers", "--app", "course_jobs:registry", "--concurrency", "{c}", "-q"]},
+    {"name": "course worker c=100", "peer": "course", "module": "course_jobs", "concurrency": 100,
+     "cmd": ["{py}", "-m", "course_lib.distributed", "worker", "--redis-url", "{url}",
+             "--queue", "peers", "--app", "course_jobs:registry", "--concurrency", "{c}", "-q"]},
+    {"name": "SAQ c=10", "peer": "saq", "module": "saq_jobs", "concurrency": 10,
+     "cmd": ["{bin}/saq", "saq_jobs.settings"]},
+    {"name": "arq max_jobs=10", "peer": "arq", "module": "arq_jobs", "concurrency": 10,
+     "cmd": ["{bin}/arq", "arq_jobs.WorkerSettings"]},
+    {"name": "arq max_jobs=100", "peer": "arq", "module": "arq_jobs", "concurrency": 100,
+     "cmd": ["{bin}/arq", "arq_jobs.WorkerSettings"]},
+    {"name": "Celery solo", "peer": "celery", "module": "celery_jobs", "concurrency": 1,
+     "cmd": ["{bin}/celery", "-A", "celery_jobs", "worker", "--pool=solo", "--loglevel=WARNING"]},
+    {"name": "Celery prefork -c 2", "peer": "celery", "module": "celery_jobs", "concurrency": 2,
+     "cmd": ["{bin}/celery", "-A", "celery_jobs", "worker", "--pool=prefork", "-c", "{c}",
+             "--loglevel=WARNING"]},
+    {"name": "Celery threads -c 10", "peer": "celery", "module": "celery_jobs", "concurrency": 10,
+     "cmd": ["{bin}/celery", "-A", "celery_jobs", "worker", "--pool=threads", "-c", "{c}",
+             "--loglevel=WARNING"]},
+    {"name": "RQ (fork per job)", "peer": "rq", "module": "rq_jobs", "concurrency": 1,
+     "cmd": ["{bin}/rq", "worker", "peers", "--url", "{url}", "--path", "{peers}", "-q"]},
+]
+BARE = "bare Streams loop"
+# What each peer's venv is asked for its versions.
+DISTS = {"course": ["redis", "hiredis"], "arq": ["arq", "redis", "hiredis"],
+         "saq": ["saq", "redis", "hiredis", "typing_extensions"],
+         "celery": ["celery", "kombu", "redis", "hiredis"], "rq": ["rq", "redis", "hiredis"]}
+
+
+class Runner(Protocol):
+    """What the rounds need from the machine; tests pass a fake one."""
+
+    def versions(self, peer: str) -> dict[str, str | None]: ...
+    def run_bare(self, jobs: int) -> dict: ...
+    def run_consumer(self, variant: dict, jobs: dict[str, int]) -> dict[str, dict]: ...
+
+
+# --- the live runner: processes, venvs, the server --------------------------------------
+
+
+def _python(peer: str) -> Path:
+    return Path(sys.executable) if peer == "course" else PEERS_VENV / peer / "bin" / "python"
+
+
+def missing_venvs(variants: list[dict]) -> list[str]:
+    return sorted({v["peer"] for v in variants if not _python(v["peer"]).exists()})
+
+
+def worker_command(variant: dict, url: str) -> list[str]:
+    py = _python(variant["peer"])
+    fill = {"py": str(py), "bin": str(py.parent), "url": url, "c": str(variant["concurrency"]),
+            "peers": str(PEERS_DIR)}
+    return [part.format(**fill) for part in variant["cmd"]]
+
+
+def _group_cpu_s(pgid: int) -> float | None:
+    """CPU seconds of every process in the group, reaped children included (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[2]) == pgid:  # fields from "state": pgrp is the 3rd
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+class LiveRunner:
+    """Starts workers and drivers as subprocesses against one redis-server of ours."""
+
+    def __init__(self, url: str, logdir: Path) -> None:
+        self.url, self.logdir = url, logdir
+        self.env = {**os.environ, "PEERS_REDIS_URL": url,
+                    # the worktree's course_lib first, then the job modules
+                    "PYTHONPATH": os.pathsep.join([str(ROOT), str(PEERS_DIR)])}
+        self._bare_procs: _Processes | None = None
+
+    def close(self) -> None:
+        if self._bare_procs is not None:
+            self._bare_procs.close()
+
+    def versions(self, peer: str) -> dict[str, str | None]:
+        code = ("import importlib.metadata as m, json, sys\n"
+                "def v(d):\n    try: return m.version(d)\n    except m.PackageNotFoundError: "
+                "return None\nprint(json.dumps({d: v(d) for d in sys.argv[1:]}))")
+        out = subprocess.run([str(_python(peer)), "-c", code, *DISTS[peer]], env=self.env,
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)
+
+    def _redis(self, *command: str) -> Any:
+        async def call() -> Any:
+            r = await connect(self.url)
+            try:
+                return await r.execute_command(*command)
+            finally:
+                await r.aclose()
+
+        return asyncio.run(call())
+
+    def _server_cpu_s(self) -> float:
+        info = self._redis("INFO", "cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def run_bare(self, jobs: int) -> dict:
+        if self._bare_procs is None:
+            self._bare_procs = _Processes(1)
+
+        async def one() -> dict:
+            r = await connect(self.url)
+            try:
+                return await _one_run(r, self.url, self._bare_procs,
+                                      {"kind": "bare", "procs": 1}, jobs)
+            finally:
+                await r.aclose()
+
+        run = asyncio.run(one())
+        return {"seconds": run["seconds"], "jobs_per_s": run["jobs_per_s"],
+                "enqueue_s": run["enqueue_s"], "worker_cpu_s": run["client_cpu_s"],
+                "server_cpu_s": run["server_cpu_s"], "done": jobs}
+
+    def _drive(self, variant: dict, task: str, n: int, timeout_s: float) -> dict:
+        cmd = [str(_python(variant["peer"])), str(PEERS_DIR / "_drive.py"), variant["module"],
+               task, str(n), "--timeout", str(timeout_s)]
+        out = subprocess.run(cmd, env=self.env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=timeout_s + 60)
+        if out.returncode != 0:
+            raise RuntimeError(f"{variant['name']}: _drive.py failed:\n{out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def run_consumer(self, variant: dict, jobs: dict[str, int]) -> dict[str, dict]:
+        self._redis("FLUSHALL")
+        log = self.logdir / (variant["name"].replace(" ", "_").replace("/", "_") + ".log")
+        env = {**self.env, "PEERS_CONCURRENCY": str(variant["concurrency"])}
+        with open(log, "ab") as logfile:
+            # A session of its own: the whole group (prefork children, RQ's horses) is
+            # measured and, if it hangs at stop, killed by its id.
+            proc = subprocess.Popen(worker_command(variant, self.url), env=env, cwd=PEERS_DIR,
+                                    stdout=logfile, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            warm = self._drive(variant, "noop", 1, WARMUP_TIMEOUT_S)
+            if warm["timed_out"]:
+                raise RuntimeError(f"{variant['name']}: no job done within {WARMUP_TIMEOUT_S:g}"
+                                   f" s of its start; log {log}")
+            out = {}
+            for task, n in jobs.items():
+                cpu0, srv0 = _group_cpu_s(proc.pid), self._server_cpu_s()
+                run = self._drive(variant, task, n, RUN_TIMEOUT_S)
+                cpu1, srv1 = _group_cpu_s(proc.pid), self._server_cpu_s()
+                run["worker_cpu_s"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+                run["server_cpu_s"] = srv1 - srv0
+                run["jobs_per_s"] = run["done"] / run["seconds"]
+                out[task] = run
+            return out
+        finally:
+            self._stop(proc)
+            self._redis("FLUSHALL")
+
+    def _stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # whatever is left of the group we started, by its id
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+# --- rounds and tables: pure, so a fake runner can drive them ----------------------------
+
+
+def summary(xs: list[float]) -> dict:
+    med = statistics.median(xs)
+    return {"median": med, "min": min(xs), "max": max(xs),
+            "spread_pct": 100 * (max(xs) - min(xs)) / med if med else 0.0, "samples": xs}
+
+
+def run_rounds(runner: Runner, variants: list[dict], *, rounds: int, jobs: int, io_jobs: int,
+               log: Callable[[str], None] = print) -> dict:
+    """Every consumer once per round, rotated; the bare loop takes its turn like the rest."""
+    order: list[dict | None] = [None, *variants]  # None: the bare loop
+    bare_runs: list[dict] = []
+    runs: dict[str, dict[str, list[dict]]] = {v["name"]: {w: [] for w in WORKLOADS}
+                                              for v in variants}
+    for rnd in range(rounds):
+        shift = rnd % len(order)
+        for v in order[shift:] + order[:shift]:
+            if v is None:
+                run = runner.run_bare(jobs)
+                bare_runs.append(run)
+                log(f"  round {rnd + 1}  {BARE:24} noop {run['jobs_per_s']:9,.0f} jobs/s")
+                continue
+            out = runner.run_consumer(v, {"noop": jobs, "io": io_jobs})
+            for w in WORKLOADS:
+                runs[v["name"]][w].append(out[w])
+            log(f"  round {rnd + 1}  {v['name']:24} noop {out['noop']['jobs_per_s']:9,.0f}"
+                f"  io {out['io']['jobs_per_s']:7,.0f} jobs/s")
+    return tabulate(variants, bare_runs, runs, jobs=jobs, io_jobs=io_jobs)
+
+
+def _per_job_us(runs: list[dict], key: str, n: int) -> dict | None:
+    xs = [r[key] for r in runs]
+    return None if any(x is None for x in xs) else summary([1e6 * x / n for x in xs])
+
+
+def tabulate(variants: list[dict], bare_runs: list[dict], runs: dict, *, jobs: int,
+             io_jobs: int) -> dict:
+    bare_rates = [b["jobs_per_s"] for b in bare_runs]
+    consumers: dict[str, dict] = {
+        BARE: {"peer": "course", "concurrency": 100,
+               "noop": {"jobs": jobs, "jobs_per_s": summary(bare_rates),
+                        "ratio_to_bare": summary([1.0] * len(bare_rates)),
+                        "worker_cpu_us_per_job": _per_job_us(bare_runs, "worker_cpu_s", jobs),
+                        "redis_cpu_us_per_job": _per_job_us(bare_runs, "server_cpu_s", jobs),
+                        "enqueue_jobs_per_s": summary([jobs / b["enqueue_s"]
+                                                       for b in bare_runs])}}}
+    for v in variants:
+        row: dict[str, Any] = {"peer": v["peer"], "concurrency": v["concurrency"]}
+        for w, n in (("noop", jobs), ("io", io_jobs)):
+            rs = runs[v["name"]][w]
+            rates = [r["jobs_per_s"] for r in rs]
+            row[w] = {"jobs": n, "jobs_per_s": summary(rates),
+                      "ratio_to_bare": summary([x / b for x, b in
+                                                zip(rates, bare_rates, strict=True)]),
+                      "worker_cpu_us_per_job": _per_job_us(rs, "worker_cpu_s", n),
+                      "redis_cpu_us_per_job": _per_job_us(rs, "server_cpu_s", n),
+                      "enqueue_jobs_per_s": summary([n / r["enqueue_s"] for r in rs]),
+                      "timed_out": sum(bool(r.get("timed_out")) for r in rs)}
+        # 10 ms jobs, c at once: no worker can beat c / 10 ms.
+        row["io"]["ceiling_jobs_per_s"] = v["concurrency"] / IO_S
+        consumers[v["name"]] = row
+    return {"consumers": consumers}
+
+
+def report(result: dict) -> str:
+    """The table, as printed and as put in the .md."""
+    lines = ["| consumer | c | no-op jobs/s (min-max) | x bare | worker CPU µs/job | "
+             "redis CPU µs/job | 10 ms I/O jobs/s (min-max) | of c/10ms | x bare |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(s: dict | None, fmt: str = ",.0f") -> str:
+        return "-" if s is None else format(s["median"], fmt)
+
+    for name, row in result["consumers"].items():
+        n, io = row["noop"], row.get("io")
+        rate = (f"{n['jobs_per_s']['median']:,.0f} ({n['jobs_per_s']['min']:,.0f}-"
+                f"{n['jobs_per_s']['max']:,.0f})")
+        io_cells = "- | - | -"
+        if io is not None:
+            io_cells = (f"{io['jobs_per_s']['median']:,.0f} ({io['jobs_per_s']['min']:,.0f}-"
+                        f"{io['jobs_per_s']['max']:,.0f}) | "
+                        f"{io['jobs_per_s']['median'] / io['ceiling_jobs_per_s']:.0%} | "
+                        f"{io['ratio_to_bare']['median']:.3f}")
+        lines.append(f"| {name} | {row['concurrency']} | {rate} | "
+                     f"{n['ratio_to_bare']['median']:.2f} | {cell(n['worker_cpu_us_per_job'])} | "
+                     f"{cell(n['redis_cpu_us_per_job'])} | {io_cells} |")
+    return "\n".join(lines)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=None, help="no-op jobs per run (default 10000)")
+    ap.add_argument("--io-jobs", type=int, default=None,
+                    help="10 ms I/O jobs per run (default 1000: Celery solo and RQ take "
+                         "10 s or more for those)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 4)")
+    ap.add_argument("--quick", action="store_true",
+                    help="1000 no-op and 200 I/O jobs, 2 rounds: a try-out")
+    ap.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                    default=None, help="consumers whose name contains one of these, "
+                                       "comma list (e.g. 'course,SAQ')")
+    ap.add_argument("--no-save", action="store_true", help="do not write the JSON and .md")
+    ap.add_argument("--json", type=Path, default=None,
+                    help=f"write the JSON here instead of {RESULTS.name}/queue_peers.json")
+    args = ap.parse_args(argv)
+    args.jobs = args.jobs or (1000 if args.quick else 10_000)
+    args.io_jobs = args.io_jobs or (200 if args.quick else 1000)
+    args.rounds = args.rounds or (2 if args.quick else 4)
+    args.variants = [v for v in VARIANTS
+                     if not args.only or any(o.lower() in v["name"].lower() for o in args.only)]
+    if not args.variants:
+        ap.error(f"--only {','.join(args.only)} matches no consumer")
+    return args
+
+
+def _load() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def measure(args: argparse.Namespace, runner: Runner, log: Callable[[str], None] = print) -> dict:
+    """The rounds and everything the JSON records about them."""
+    load_before, started = _load(), time.perf_counter()
+    versions = {peer: runner.versions(peer) for peer in dict.fromkeys(
+        ["course", *(v["peer"] for v in args.variants)])}
+    result = run_rounds(runner, args.variants, rounds=args.rounds, jobs=args.jobs,
+                        io_jobs=args.io_jobs, log=log)
+    return {"jobs": args.jobs, "io_jobs": args.io_jobs, "io_s": IO_S, "rounds": args.rounds,
+            "quick": args.quick, "versions": versions,
+            "commands": {v["name"]: v["cmd"] for v in args.variants},
+            "load_before": load_before, "load_after": _load(),
+            "seconds": round(time.perf_counter() - started, 1), **result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    missing = missing_venvs(args.variants)
+    if missing:
+        print(f"queue_peers: no venv for {', '.join(missing)} under {PEERS_VENV}: "
+              "`make bench-peers` makes them")
+        return 2
+    binary = shutil.which("redis-server")
+    if binary is None:
+        print("queue_peers: skipped, no redis-server installed")
+        return 0
+    server = _LocalServer(binary)
+    logdir = Path(tempfile.mkdtemp(prefix="queue-peers-logs-"))
+    runner = None
+    try:
+        asyncio.run(server.wait_ready())
+        runner = LiveRunner(server.url, logdir)
+        print(f"queue_peers: {len(args.variants)} consumers + the bare loop, {args.jobs} no-op "
+              f"and {args.io_jobs} I/O jobs per run, {args.rounds} rounds, load {_load()}; "
+              f"worker logs in {logdir}", flush=True)
+        payload = measure(args, runner, log=lambda line: print(line, flush=True))
+        payload["server"] = {"redis_version": runner._redis("INFO", "server")["redis_version"]}
+    finally:
+        if runner is not None:
+            runner.close()
+        server.stop()
+    payload["git"] = _git()
+    table = report(payload)
+    print("\n" + table)
+    print(f"\n{payload['seconds']:.0f} s; load average before {payload['load_before']}, "
+          f"after {payload['load_after']}")
+    if not args.no_save:
+        if args.json is None:
+            path = save("queue_peers", payload)
+        else:
+            path = args.json
+            path.write_text(json.dumps({"benchmark": "queue_peers",
+                                        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                        "machine": machine(), **payload}, indent=2) + "\n")
+        path.with_suffix(".md").write_text(markdown(json.loads(path.read_text()), table))
+        print(f"saved {path} and {path.with_suffix('.md').name}")
+    shutil.rmtree(logdir, ignore_errors=True)
+    return 0
+
+
+def markdown(payload: dict, table: str) -> str:
+    m = payload["machine"]
+    versions = "; ".join(f"{peer} " + ", ".join(f"{d} {v}" for d, v in vs.items())
+                         for peer, vs in payload["versions"].items())
+    return f"""# The course worker against its peers ({payload['when'][:10]})
+
+`make bench-peers` (`benchmarks/queue_peers.py`; `BENCH_PEERS_ARGS=--quick` for a short
+run). {payload['jobs']:,} no-op jobs and {payload['io_jobs']:,} jobs of 10 ms I/O per run,
+{payload['rounds']} rounds in rotated order, one worker process each (its children
+included), started from its own CLI in its own venv, on redis-server
+{payload['server']['redis_version']} (loopback, no persistence). A run lasts from the first
+enqueue (the library's own client) to the last job's `INCR peers:done`. Machine:
+{m['cpus']} CPUs, {m['platform']}, CPython {m['python']}; load average
+{payload['load_before']} before, {payload['load_after']} after: a shared machine, so
+read the same-round ratios. Versions: {versions}. git {payload['git']}.
+
+{table}
+
+"x bare": jobs/s over the bare Streams loop's (queue_throughput.py) in the same
+round, median over rounds; the bare loop reads jobs enqueued before it starts, so it
+is a ceiling, not a peer. "of c/10ms": the I/O rate over what c jobs at once of 10 ms
+can give at most. CPU per job: the worker's process group (forked children
+included) and redis-server, over the whole run.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
