@@ -346,8 +346,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true",
                     help="1000 no-op and 200 I/O jobs, 2 rounds: a try-out")
     ap.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
-                    default=None, help="consumers whose name contains one of these, "
-                                       "comma list (e.g. 'course,SAQ')")
+                    default=None, help="consumers whose name, or a word of it, starts with one "
+                                       "of these, comma list (e.g. 'course,SAQ,Celery solo')")
     ap.add_argument("--no-save", action="store_true", help="do not write the JSON and .md")
     ap.add_argument("--json", type=Path, default=None,
                     help=f"write the JSON here instead of {RESULTS.name}/queue_peers.json")
@@ -355,11 +355,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.jobs = args.jobs or (1000 if args.quick else 10_000)
     args.io_jobs = args.io_jobs or (200 if args.quick else 1000)
     args.rounds = args.rounds or (2 if args.quick else 4)
-    args.variants = [v for v in VARIANTS
-                     if not args.only or any(o.lower() in v["name"].lower() for o in args.only)]
+    args.variants = [v for v in VARIANTS if not args.only or _named(v["name"], args.only)]
     if not args.variants:
         ap.error(f"--only {','.join(args.only)} matches no consumer")
     return args
+
+
+def _named(name: str, wanted: list[str]) -> bool:
+    """``--only`` matches the start of the name or of one of its words ("rq" is not arq)."""
+    name = name.lower()
+    return any(name.startswith(w.lower()) or any(word.startswith(w.lower())
+                                                 for word in name.split()) for w in wanted)
 
 
 def _load() -> list[float] | None:

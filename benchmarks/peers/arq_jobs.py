@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import _jobs
 from arq import create_pool
@@ -27,7 +27,7 @@ async def io(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    functions = [noop, io]
+    functions: ClassVar = [noop, io]
     redis_settings = RedisSettings.from_dsn(os.environ.get(_jobs.URL_ENV, "redis://127.0.0.1"))
     max_jobs = int(os.environ.get("PEERS_CONCURRENCY", "10"))
 
