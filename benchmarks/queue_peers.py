@@ -388,6 +388,8 @@ def measure(args: argparse.Namespace, runner: Runner, log: Callable[[str], None]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM as SystemExit: the finally blocks stop the worker and the server we started.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     missing = missing_venvs(args.variants)
     if missing:
         print(f"queue_peers: no venv for {', '.join(missing)} under {PEERS_VENV}: "

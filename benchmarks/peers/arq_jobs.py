@@ -1,12 +1,15 @@
 """arq's side: ``arq arq_jobs.WorkerSettings`` (max_jobs from $PEERS_CONCURRENCY).
 
 arq's defaults stay as they are: ``poll_delay`` 0.5 s (it polls a sorted set;
-there is no blocking read), results kept 1 day, jobs pickled.
+there is no blocking read), results kept 1 day, jobs pickled. Only its log is
+turned down to warnings, as every worker here runs: arq's CLI logs two lines per job
+at INFO and has no --quiet, so ``on_startup`` does it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
@@ -26,8 +29,13 @@ async def io(ctx: dict[str, Any]) -> None:
     await _jobs.io_async(_jobs.async_client())
 
 
+async def quiet(ctx: dict[str, Any]) -> None:
+    logging.getLogger("arq").setLevel(logging.WARNING)
+
+
 class WorkerSettings:
     functions: ClassVar = [noop, io]
+    on_startup = quiet
     redis_settings = RedisSettings.from_dsn(os.environ.get(_jobs.URL_ENV, "redis://127.0.0.1"))
     max_jobs = int(os.environ.get("PEERS_CONCURRENCY", "10"))
 
