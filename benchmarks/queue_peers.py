@@ -3,6 +3,7 @@
     make bench-peers                 # makes .venv-peers/PEER (one venv per peer), then runs this
     python benchmarks/queue_peers.py [--quick] [--jobs 10000] [--io-jobs 1000] [--rounds 4]
         [--only NAME,...] [--no-save] [--json PATH]
+    python benchmarks/queue_peers.py --render [--json PATH]   # the .md again, from the JSON
 
 Each consumer is one worker process started from its own command line in its own
 venv (the peers' redis-py pins conflict), on a redis-server of our own (loopback,
@@ -86,6 +87,10 @@ VARIANTS: list[dict[str, Any]] = [
      "cmd": ["{bin}/rq", "worker", "peers", "--url", "{url}", "--path", "{peers}", "-q"]},
 ]
 BARE = "bare Streams loop"
+# In the .md, what follows this line is written by hand about the run above: --render
+# keeps it, a new measurement drops it (its figures would be stale).
+NOTES = "\n<!-- notes on this run, by hand: --render keeps them -->\n"
+REFERENCE = "course worker c=10"  # the course worker as a user gets it: the peers' yardstick
 # What each peer's venv is asked for its versions.
 DISTS = {"course": ["redis", "hiredis"], "arq": ["arq", "redis", "hiredis"],
          "saq": ["saq", "redis", "hiredis", "typing_extensions"],
@@ -305,31 +310,53 @@ def tabulate(variants: list[dict], bare_runs: list[dict], runs: dict, *, jobs: i
         # 10 ms jobs, c at once: no worker can beat c / 10 ms.
         row["io"]["ceiling_jobs_per_s"] = v["concurrency"] / IO_S
         consumers[v["name"]] = row
+    add_reference_ratios(consumers)
     return {"consumers": consumers}
+
+
+def add_reference_ratios(consumers: dict, reference: str = REFERENCE) -> None:
+    """``ratio_to_<reference>``: jobs/s over the reference consumer's in the same round.
+
+    The bare loop reads jobs enqueued before it starts, so it is a ceiling; the peers
+    are compared with each other through the course worker at its default, timed alike.
+    """
+    if reference not in consumers:
+        return
+    key = "ratio_to_" + reference.replace(" ", "_")
+    for row in consumers.values():
+        for w in WORKLOADS:
+            if w in row and w in consumers[reference]:
+                ref = consumers[reference][w]["jobs_per_s"]["samples"]
+                row[w][key] = summary([x / r for x, r in
+                                       zip(row[w]["jobs_per_s"]["samples"], ref, strict=True)])
 
 
 def report(result: dict) -> str:
     """The table, as printed and as put in the .md."""
-    lines = ["| consumer | c | no-op jobs/s (min-max) | x bare | worker CPU µs/job | "
-             "redis CPU µs/job | 10 ms I/O jobs/s (min-max) | of c/10ms | x bare |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    ref = "ratio_to_" + REFERENCE.replace(" ", "_")
+    lines = ["| consumer | c | no-op jobs/s (min-max) | x bare | x course c=10 | "
+             "worker CPU µs/job | redis CPU µs/job | 10 ms I/O jobs/s (min-max) | of c/10ms | "
+             "x course c=10 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def rate(s: dict) -> str:
+        j = s["jobs_per_s"]
+        return f"{j['median']:,.0f} ({j['min']:,.0f}-{j['max']:,.0f})"
 
     def cell(s: dict | None, fmt: str = ",.0f") -> str:
         return "-" if s is None else format(s["median"], fmt)
 
     for name, row in result["consumers"].items():
         n, io = row["noop"], row.get("io")
-        rate = (f"{n['jobs_per_s']['median']:,.0f} ({n['jobs_per_s']['min']:,.0f}-"
-                f"{n['jobs_per_s']['max']:,.0f})")
         io_cells = "- | - | -"
         if io is not None:
-            io_cells = (f"{io['jobs_per_s']['median']:,.0f} ({io['jobs_per_s']['min']:,.0f}-"
-                        f"{io['jobs_per_s']['max']:,.0f}) | "
+            io_cells = (f"{rate(io)} | "
                         f"{io['jobs_per_s']['median'] / io['ceiling_jobs_per_s']:.0%} | "
-                        f"{io['ratio_to_bare']['median']:.3f}")
-        lines.append(f"| {name} | {row['concurrency']} | {rate} | "
-                     f"{n['ratio_to_bare']['median']:.2f} | {cell(n['worker_cpu_us_per_job'])} | "
-                     f"{cell(n['redis_cpu_us_per_job'])} | {io_cells} |")
+                        f"{cell(io.get(ref), '.2f')}")
+        lines.append(f"| {name} | {row['concurrency']} | {rate(n)} | "
+                     f"{n['ratio_to_bare']['median']:.2f} | {cell(n.get(ref), '.2f')} | "
+                     f"{cell(n['worker_cpu_us_per_job'])} | {cell(n['redis_cpu_us_per_job'])} | "
+                     f"{io_cells} |")
     return "\n".join(lines)
 
 
@@ -351,6 +378,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-save", action="store_true", help="do not write the JSON and .md")
     ap.add_argument("--json", type=Path, default=None,
                     help=f"write the JSON here instead of {RESULTS.name}/queue_peers.json")
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: rewrite the .md (and derived ratios) from the JSON")
     args = ap.parse_args(argv)
     args.jobs = args.jobs or (1000 if args.quick else 10_000)
     args.io_jobs = args.io_jobs or (200 if args.quick else 1000)
@@ -388,6 +417,16 @@ def measure(args: argparse.Namespace, runner: Runner, log: Callable[[str], None]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        path = args.json or RESULTS / "queue_peers.json"
+        payload = json.loads(path.read_text())
+        add_reference_ratios(payload["consumers"])
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+        md = path.with_suffix(".md")
+        notes = md.read_text().partition(NOTES)[2] if md.exists() else ""
+        md.write_text(markdown(payload, report(payload)) + (NOTES + notes if notes else ""))
+        print(f"rendered {md}")
+        return 0
     # SIGTERM as SystemExit: the finally blocks stop the worker and the server we started.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     missing = missing_venvs(args.variants)
@@ -435,8 +474,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(payload: dict, table: str) -> str:
     m = payload["machine"]
-    versions = "; ".join(f"{peer} " + ", ".join(f"{d} {v}" for d, v in vs.items())
-                         for peer, vs in payload["versions"].items())
+    versions = "\n".join(f"- {peer}: " + ", ".join(f"{d} {v}" for d, v in vs.items())
+                          for peer, vs in payload["versions"].items())
     return f"""# The course worker against its peers ({payload['when'][:10]})
 
 `make bench-peers` (`benchmarks/queue_peers.py`; `BENCH_PEERS_ARGS=--quick` for a short
@@ -447,15 +486,19 @@ included), started from its own CLI in its own venv, on redis-server
 enqueue (the library's own client) to the last job's `INCR peers:done`. Machine:
 {m['cpus']} CPUs, {m['platform']}, CPython {m['python']}; load average
 {payload['load_before']} before, {payload['load_after']} after: a shared machine, so
-read the same-round ratios. Versions: {versions}. git {payload['git']}.
+read the same-round ratios. The course at git {payload['git']}; each venv has:
+
+{versions}
 
 {table}
 
 "x bare": jobs/s over the bare Streams loop's (queue_throughput.py) in the same
 round, median over rounds; the bare loop reads jobs enqueued before it starts, so it
-is a ceiling, not a peer. "of c/10ms": the I/O rate over what c jobs at once of 10 ms
-can give at most. CPU per job: the worker's process group (forked children
-included) and redis-server, over the whole run. Every worker logs warnings only.
+is a ceiling, not a peer. "x course c=10": over the course worker at its default
+concurrency in the same round, timed like the peers. "of c/10ms": the I/O rate over
+what c jobs at once of 10 ms can give at most. CPU per job: the worker's process
+group (forked children included) and redis-server, over the whole run. Every worker
+logs warnings only.
 
 ## What each one buys for its cost
 

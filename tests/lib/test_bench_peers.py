@@ -177,6 +177,23 @@ def test_arguments_default_quick_and_only(peers_path: None) -> None:
         qp.parse_args(["--only", "nothing-like-it"])
 
 
+def test_render_rewrites_the_md_from_stored_json(peers_path: None, tmp_path: Path) -> None:
+    qp = _fresh("queue_peers")
+    args = qp.parse_args(["--quick", "--only", "course"])
+    payload = qp.measure(args, _FakeRunner(), log=lambda line: None)
+    for row in payload["consumers"].values():  # as a JSON from before the ratio existed
+        for w in ("noop", "io"):
+            row.get(w, {}).pop("ratio_to_course_worker_c=10", None)
+    stored = {"when": "2026-12-03T10:00:00", "git": "abc1234", "server": {"redis_version": "7"},
+              "machine": {"cpus": 2, "platform": "Linux", "python": "3.11.7"}, **payload}
+    path = tmp_path / "queue_peers.json"
+    path.write_text(qp.json.dumps(stored))
+    assert qp.main(["--render", "--json", str(path)]) == 0
+    md = path.with_suffix(".md").read_text()
+    assert "| course worker c=100 | 100 | 100,000 (100,000-100,000) | 10.00 | 10.00 |" in md
+    assert "ratio_to_course_worker_c=10" in path.read_text()
+
+
 def test_worker_commands_are_filled_in(peers_path: None) -> None:
     qp = _fresh("queue_peers")
     for v in qp.VARIANTS:
@@ -229,6 +246,8 @@ def test_rounds_rotate_and_ratios_come_from_the_same_round(peers_path: None) -> 
     assert c10["io"]["ceiling_jobs_per_s"] == 1000.0
     assert c10["noop"]["worker_cpu_us_per_job"]["median"] == 1e6 / 1000
     assert c10["io"]["worker_cpu_us_per_job"] is None  # not measurable: reported, not guessed
+    assert rows["course worker c=100"]["io"]["ratio_to_course_worker_c=10"]["median"] == 10
+    assert rows["SAQ c=10"]["noop"]["ratio_to_course_worker_c=10"]["samples"] == [1.0] * 3
     assert "io" not in rows[qp.BARE]
     table = qp.report(payload).splitlines()
     assert len(table) == 2 + len(names) and table[3].startswith("| course worker c=10 | 10 |")
