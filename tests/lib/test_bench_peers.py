@@ -12,6 +12,7 @@ import importlib
 import re
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,18 @@ BENCH = ROOT / "benchmarks"
 PEERS = BENCH / "peers"
 
 
+PEER_MODULES = ("_jobs", "_drive", "arq_jobs", "saq_jobs", "celery_jobs", "rq_jobs",
+                "course_jobs", "queue_peers")
+
+
 @pytest.fixture
-def peers_path(monkeypatch: pytest.MonkeyPatch) -> None:
+def peers_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.syspath_prepend(str(BENCH))
     monkeypatch.syspath_prepend(str(PEERS))
     monkeypatch.setenv("PEERS_REDIS_URL", "redis://127.0.0.1:1/0")
+    yield
+    for name in PEER_MODULES:  # some were imported against stub libraries: forget them
+        sys.modules.pop(name, None)
 
 
 class _Counter:
@@ -124,8 +132,6 @@ def test_peer_job_modules_expose_what_each_cli_loads(peers_path: None,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     _stub_libraries(monkeypatch)
     monkeypatch.setenv("PEERS_CONCURRENCY", "100")
-    for name in ("arq_jobs", "saq_jobs", "celery_jobs", "rq_jobs", "course_jobs"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
     arq_jobs, saq_jobs = _fresh("arq_jobs"), _fresh("saq_jobs")
     celery_jobs, rq_jobs, course_jobs = _fresh("celery_jobs"), _fresh("rq_jobs"), \
         _fresh("course_jobs")
