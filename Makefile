@@ -50,9 +50,10 @@ lab: $(STAMP)
 		$(LAB_ARGS)
 
 # Two pytest workers; a test file stays on one worker (its fixtures, one JupyterLab for
-# the notebooks). TEST_WORKERS=0 runs everything in this process.
+# the notebooks), the longest files first (tests/conftest.py). TEST_WORKERS=0 runs
+# everything in this process.
 TEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile)
+XDIST := $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
