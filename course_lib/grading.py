@@ -54,7 +54,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from course_lib.grading_run import RunResult, Submission, run_submission
@@ -413,6 +413,7 @@ def grade(
         progress=status,
         label=label,
         snapshot=snapshot,
+        test_files=_test_files(tests_dir, wanted) if exercise_ids is not None else (),
     )
     if isinstance(status, _Status):
         status.finish()
@@ -463,17 +464,29 @@ def discover(tests_dir: Path) -> dict[str, Exercise]:
         tree = _parse(path)
         module = _module_constant(tree)
         titles = _titles(root, module) if module else {}
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr == "exercise"
-                and node.args
-                and isinstance(node.args[0], ast.Constant)
-            ):
-                ex_id = str(node.args[0].value)
-                found.setdefault(ex_id, Exercise(ex_id, module, titles.get(ex_id, ""), path.name))
+        for ex_id in _marked_ids(tree):
+            found.setdefault(ex_id, Exercise(ex_id, module, titles.get(ex_id, ""), path.name))
     return {i: found[i] for i in sorted(found, key=_id_key)}
+
+
+def _marked_ids(tree: ast.Module) -> Iterator[str]:
+    """The ids of every ``pytest.mark.exercise("N.M")`` in a test file, in order."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "exercise"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            yield str(node.args[0].value)
+
+
+def _test_files(tests_dir: Path, ids: Sequence[str]) -> tuple[str, ...]:
+    """The names of the test files that mark any of ``ids`` (``test_ch00_warmup.py``)."""
+    wanted = set(ids)
+    return tuple(path.name for path in sorted(tests_dir.glob("test_*.py"))
+                 if wanted & set(_marked_ids(_parse(path))))  # fmt: skip
 
 
 def _module_constant(tree: ast.Module) -> str:
@@ -603,6 +616,7 @@ def _run(
     progress: ProgressCallback | None = None,
     label: str = "",
     snapshot: CourseSnapshot | None = None,
+    test_files: Sequence[str] = (),
 ) -> tuple[list[Check], tuple[str, ...]]:
     """The rows of one run (grading_run.run_submission), and what it tampered with."""
     if importlib.util.find_spec("pytest") is None:
@@ -623,6 +637,7 @@ def _run(
         watch=watch,
         snapshot=snapshot,
         stuck_grace_s=_STUCK_GRACE_S,
+        test_files=test_files,
     )
     watch.finish()
     if not result.rows and result.code not in (0, 1, 5):

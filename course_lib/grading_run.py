@@ -102,8 +102,14 @@ def run_submission(
     watch: Any = None,
     snapshot: CourseSnapshot | None = None,
     stuck_grace_s: float = 5.0,
+    test_files: Sequence[str] = (),
 ) -> RunResult:
-    """Grade ``submission`` once; ``watch``: a grading._Watch (progress, stuck checks)."""
+    """Grade ``submission`` once; ``watch``: a grading._Watch (progress, stuck checks).
+
+    ``test_files``: the names of the grading test files to collect (all of them when
+    empty). Collecting only the files of the exercises asked for halves a one-exercise
+    check (0.7 s against 1.5 s for 0.1): the other chapters' files and their imports.
+    """
     root = tests_dir.parents[1]
     if snapshot is None:
         lib = Path(__file__).resolve().parent
@@ -120,7 +126,7 @@ def run_submission(
         while True:
             done = [test for test, row in settled.items() if row["outcome"] is not None]
             cmd = _command(course, submission, exercise_ids, select, per_test_timeout_s,
-                           after_hang_timeout_s, skip_modules, done)  # fmt: skip
+                           after_hang_timeout_s, skip_modules, done, test_files)  # fmt: skip
             if watch is not None:  # the last attempt's "current" is not running any more
                 watch.settled, watch.data = dict(settled), None
             attempt = _attempt(cmd, course, submission, deadline, watch, stuck_grace_s)
@@ -171,11 +177,13 @@ def _command(
     after_hang_timeout_s: float,
     skip_modules: Sequence[str],
     done: Sequence[str],
+    test_files: Sequence[str] = (),
 ) -> list[str]:
     tests = course / "tests" / "exercises"
+    paths = [str(tests / name) for name in test_files] or [str(tests)]
     cmd = [
         sys.executable, "-S", str(course / _SUPERVISOR),
-        sys.executable, "-m", "pytest", str(tests),
+        sys.executable, "-m", "pytest", *paths,
         "-p", _PLUGIN, f"--target={submission.name}",
         "-q", "--tb=line", "--color=no", "-p", "no:cacheprovider",
         "--continue-on-collection-errors", "--rootdir", str(course), "--confcutdir", str(course),
