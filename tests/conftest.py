@@ -71,7 +71,7 @@ logging.getLogger("asyncio").addHandler(_reports)
 # wrong answers ~95 s, the integrity check ~20 s; everything else ~200 s in all. Left in
 # collection order, the notebooks came last and one worker ran on alone for minutes.
 _FIRST = ("tests/notebooks/test_notebooks_run_clean.py", "tests/test_wrong_answers.py",
-          "tests/test_integrity.py")
+          "tests/notebooks/test_notebooks_real_redis.py", "tests/test_integrity.py")
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
