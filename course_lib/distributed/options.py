@@ -25,14 +25,16 @@ naive datetime is refused (local time or UTC? each machine would guess its own).
 
 from __future__ import annotations
 
-__all__ = ["EnqueueOptions"]
+__all__ = ["EnqueueOptions", "JobSpec"]
 
 import dataclasses
 import datetime
 import math
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
-from .job import _JOB_ID
+from .job import _JOB_ID, InvalidJob, Job
 
 
 @dataclasses.dataclass(frozen=True, slots=True, repr=False)
@@ -106,3 +108,36 @@ def _epoch(value: object, name: str) -> float | None:
         raise TypeError(f"{name} must be epoch seconds (a finite number >= 0) or an aware "
                         f"datetime, not {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+# One item of ``Queue.enqueue_many``: a prepared Job, or a task's name, its arguments
+# and, beside them (never among them), its options.
+JobSpec: TypeAlias = (
+    Job | tuple[str, Sequence[Any]] | tuple[str, Sequence[Any], Mapping[str, Any]]
+    | tuple[str, Sequence[Any], EnqueueOptions]
+    | tuple[str, Sequence[Any], Mapping[str, Any], EnqueueOptions | None])
+
+
+def _unpacked(item: Any) -> tuple[str, Sequence[Any], Mapping[str, Any] | None,
+                                  EnqueueOptions | None]:
+    """A tuple item of ``enqueue_many`` as (task, args, kwargs, options); InvalidJob if none."""
+    shape = "a Job or (task, args[, kwargs][, options])"
+    if isinstance(item, (str, bytes)) or not 2 <= len(item) <= 4:
+        raise InvalidJob(f"enqueue_many: {item!r} is not {shape}")
+    task, args, *rest = item
+    options = None
+    if rest and (isinstance(rest[-1], EnqueueOptions) or (len(rest) == 2 and rest[-1] is None)):
+        options = rest.pop()
+    if len(rest) > 1 or (rest and isinstance(rest[0], EnqueueOptions)):
+        raise InvalidJob(f"enqueue_many: {item!r} is not {shape}")
+    return task, args, rest[0] if rest else None, options
+
+
+def _checked_at(job: Job, at: float | None) -> float | None:
+    """``at`` (epoch s), None when it is past; InvalidJob when it is at or after the deadline."""
+    if at is not None and at <= time.time():
+        return None
+    if at is not None and job.deadline is not None and at >= job.deadline:
+        raise InvalidJob(f"job {job.id!r} would wait until {at:.3f}, at or after its "
+                         f"deadline {job.deadline:.3f}: it would die unrun")
+    return at

@@ -11,6 +11,10 @@ sent twice (a client retrying after a timeout) runs once. ``result()`` waits on
 the Queue's one result listener (``results``): the worker publishes on the job's
 done key in the same atomic step that writes the final status, so there is no
 sleep-polling, and 5,000 waiters share two connections.
+
+The rest lives next door, and is importable from here as before: ``handle``
+(``JobHandle``, ``CancelOutcome``), ``dead_letters`` (``DeadLetter``, ``RequeueReport``,
+reading and requeueing letters), ``replies`` (decoding what Redis sends back).
 """
 
 from __future__ import annotations
@@ -21,9 +25,6 @@ __all__ = [
 ]
 
 import dataclasses
-import enum
-import json
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -31,14 +32,15 @@ from typing import Any
 import redis.asyncio
 
 from . import scripts
-from .job import InvalidJob, Job, JobCancelled, JobFailed, JobNotFound, JobStatus, TaskRegistry
+from .dead_letters import DeadLetter, DeadLetters, RequeueReport
+from .handle import CancelOutcome, JobHandle
+from .job import InvalidJob, Job, JobNotFound, TaskRegistry
 from .keys import DEFAULT_QUEUE, QueueKeys
-from .options import EnqueueOptions
+from .options import EnqueueOptions, JobSpec, _checked_at, _unpacked
+from .replies import _name as _name  # worker and running import these from here
+from .replies import _out_of_memory, _text
+from .replies import _surrogate as _surrogate
 from .results import QueueClosed, ResultListener
-
-# A full stream entry id. A bare "1712345678901" would be read by XRANGE as a range
-# (every entry of that millisecond) but by XDEL as "1712345678901-0".
-_ENTRY_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 
 class QueueFull(redis.exceptions.OutOfMemoryError):
@@ -60,38 +62,6 @@ class QueueFull(redis.exceptions.OutOfMemoryError):
         self.handles = handles or []
 
 
-class CancelOutcome(enum.Enum):
-    """What ``Queue.cancel`` did.
-
-        await handle.cancel()   # <CancelOutcome.CANCELLED: 'cancelled'>
-    """
-
-    CANCELLED = "cancelled"  # it had not started: it never will (status cancelled now)
-    REQUESTED = "requested"  # it runs: its worker cancels it within one heartbeat_s
-    ENDED = "ended"  # it had ended (done, failed, dead, cancelled): nothing changed
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One entry of the dead-letter stream: why it died, and the original entry."""
-
-    entry_id: str  # in the dead-letter stream
-    reason: str
-    error_type: str
-    error: str
-    origin_id: str  # the entry's id in the main stream
-    worker: str
-    dead_at: float
-    job: bytes | None  # the original ``job`` field, as it was (None: it had none)
-    # The original entry's other fields, if any. A name that is not UTF-8 stays
-    # bytes: the entry as it was (a replacement character would lose which bytes).
-    extra: dict[str | bytes, bytes]
-
-    def extra_text(self) -> dict[str, str]:
-        """``extra`` fit to print: bytes that are not UTF-8 escaped (``\\xff``), in names too."""
-        return {_escaped(name): _escaped(value) for name, value in self.extra.items()}
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class QueueCounts:
     """What Redis holds for a queue right now.
@@ -107,23 +77,6 @@ class QueueCounts:
     dead: int
     consumers: int
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RequeueReport:
-    """What ``Queue.requeue_dead`` did, by dead-letter entry id.
-
-        report = await queue.requeue_dead()
-        report.requeued   # {'1712345678901-0': 'resize-42'}: entry id -> job id
-        report.refused    # {'1712345678902-0': "invalid job: not JSON (...)"}: still dead
-    """
-
-    requeued: dict[str, str]
-    refused: dict[str, str]  # entry id -> why; these stay in the dead-letter stream
-
-    @property
-    def ok(self) -> bool:
-        """True when nothing was refused."""
-        return not self.refused
 
 
 class Queue:
@@ -155,9 +108,9 @@ class Queue:
         self.registry = registry
         self._enqueue = redis.register_script(scripts.ENQUEUE)
         self._move_due = redis.register_script(scripts.MOVE_DUE)
-        self._requeue = redis.register_script(scripts.REQUEUE_DEAD)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._results = ResultListener(redis, self.keys, repr(self))
+        self._dead = DeadLetters(redis, self.keys, redis.register_script(scripts.REQUEUE_DEAD))
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r}>"
@@ -225,10 +178,14 @@ class Queue:
         ``options`` for why, and what arq, RQ, SAQ and Celery do). Otherwise as
         ``enqueue``; a delayed job's status is ``scheduled`` until it is due.
         """
-        job = self.job(task, args, kwargs, job_id=options.job_id,
-                       max_attempts=options.max_attempts, timeout_s=options.timeout_s,
-                       deadline=options.deadline)  # type: ignore[arg-type]  # epoch s by now
-        return await self.enqueue_job(job, at=options.due_at())
+        return await self.enqueue_job(self._job_with(options, task, args, kwargs),
+                                      at=options.due_at())
+
+    def _job_with(self, options: EnqueueOptions, task: str, args: Sequence[Any],
+                  kwargs: Mapping[str, Any] | None) -> Job:
+        return self.job(task, args, kwargs, job_id=options.job_id,
+                        max_attempts=options.max_attempts, timeout_s=options.timeout_s,
+                        deadline=options.deadline)  # type: ignore[arg-type]  # epoch s by now
 
     async def enqueue_job(self, job: Job, *, at: float | None = None) -> JobHandle:
         """Add a prepared Job (``queue.job(...)``): same semantics as ``enqueue``.
@@ -238,11 +195,7 @@ class Queue:
         job's deadline: it would die unrun.
         """
         data = job.encode()
-        if at is not None and at <= time.time():
-            at = None
-        if at is not None and job.deadline is not None and at >= job.deadline:
-            raise InvalidJob(f"job {job.id!r} would wait until {at:.3f}, at or after its "
-                             f"deadline {job.deadline:.3f}: it would die unrun")
+        at = _checked_at(job, at)
         try:
             entry = await self._enqueue(keys=self._enqueue_keys(job),
                                         args=_enqueue_args(job, data, at))
@@ -252,26 +205,41 @@ class Queue:
             raise self._full(f"job {job.id!r} not enqueued") from exc
         return JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
 
-    async def enqueue_many(
-        self, jobs: Iterable[Job | tuple[str, Sequence[Any]] | tuple[str, Sequence[Any],
-                                                                      Mapping[str, Any]]]
-    ) -> list[JobHandle]:
+    async def enqueue_many(self, jobs: Iterable[JobSpec], *,
+                           options: EnqueueOptions | None = None) -> list[JobHandle]:
         """Add many jobs in one round trip; handles in the same order.
 
             await queue.enqueue_many([("resize", [1]), ("resize", [2], {"width": 64})])
+            await queue.enqueue_many([("resize", [3], {}, EnqueueOptions(delay_s=60)),
+                                      ("resize", [4], EnqueueOptions(max_attempts=1))])
+            await queue.enqueue_many(specs, options=EnqueueOptions(deadline=end_of_day))
+
+        Each item is a prepared ``Job``, or ``(task, args)``, ``(task, args, kwargs)``,
+        ``(task, args, options)`` or ``(task, args, kwargs, options)``: the options sit
+        beside the arguments, never among them, as in ``enqueue_with``. ``options=``
+        applies to every item that brings none of its own (an item's own replace it
+        whole); to a prepared Job only its time applies (``delay_s``, ``at``). A
+        ``job_id`` in ``options=`` is refused: every job would get that one id.
 
         Every job is checked first: one bad job raises InvalidJob and none is added.
         Each job is added atomically with its id check, not the batch as a whole: when
         Redis runs out of memory half-way, QueueFull's ``handles`` are those added.
         """
-        prepared = [job if isinstance(job, Job) else self.job(*job) for job in jobs]
+        if options is not None and options.job_id is not None:
+            raise ValueError(f"enqueue_many(options={options!r}): a job_id shared by every "
+                             "job would enqueue the first only; give each item its own")
+        prepared, times = [], []
+        for item in jobs:
+            job, at = self._spec(item, options)
+            prepared.append(job)
+            times.append(_checked_at(job, at))
         payloads = [job.encode() for job in prepared]
         if not prepared:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job, data in zip(prepared, payloads, strict=True):
-                await self._enqueue(keys=self._enqueue_keys(job), args=_enqueue_args(job, data),
-                                    client=pipe)
+            for job, data, at in zip(prepared, payloads, times, strict=True):
+                await self._enqueue(keys=self._enqueue_keys(job),
+                                    args=_enqueue_args(job, data, at), client=pipe)
             entries = await pipe.execute(raise_on_error=False)
         handles = [JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
                    for job, entry in zip(prepared, entries, strict=True)]
@@ -286,6 +254,16 @@ class Queue:
             raise self._full(f"{len(refused)} of {len(handles)} jobs not enqueued (the first: "
                              f"{refused[0][0].id!r})", added) from first
         return handles
+
+    def _spec(self, item: JobSpec, shared: EnqueueOptions | None) -> tuple[Job, float | None]:
+        """One item of ``enqueue_many`` as a Job, and when it may run (None: at once)."""
+        if isinstance(item, Job):
+            return item, None if shared is None else shared.due_at()
+        task, args, kwargs, own = _unpacked(item)
+        options = own if own is not None else shared
+        if options is None:
+            return self.job(task, args, kwargs), None
+        return self._job_with(options, task, args, kwargs), options.due_at()
 
     def _full(self, what: str, added: list[JobHandle] | None = None) -> QueueFull:
         from .worker import _describe  # here: worker imports this module
@@ -372,20 +350,7 @@ class Queue:
 
     async def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         """The oldest ``count`` entries of the dead-letter stream."""
-        entries = await self.redis.xrange(self.keys.dead, count=count)
-        letters = []
-        for entry_id, fields in entries:
-            named = {_name(k): v for k, v in fields.items()}
-            meta = {k: _text(named.pop(k, b"")) for k in
-                    ("reason", "error_type", "error", "origin_id", "worker", "dead_at")}
-            job = named.pop("job", None)
-            extra = {_unprefixed(k): v for k, v in named.items()}
-            letters.append(DeadLetter(
-                entry_id=_text(entry_id), reason=meta["reason"], error_type=meta["error_type"],
-                error=meta["error"], origin_id=meta["origin_id"], worker=meta["worker"],
-                dead_at=float(meta["dead_at"] or 0), job=_bytes(job), extra=extra,
-            ))  # fmt: skip
-        return letters
+        return await self._dead.letters(count)
 
     async def requeue_dead(self, entry_ids: Iterable[str] | None = None, *,
                            count: int = 100) -> RequeueReport:
@@ -403,188 +368,13 @@ class Queue:
         Refused, and left in the dead-letter stream: entries that are not valid jobs,
         jobs past their deadline, unknown tasks (with a ``registry``), ids not in it.
         """
-        if isinstance(entry_ids, str):
-            entry_ids = [entry_ids]
-        if entry_ids is None:
-            found = await self.redis.xrange(self.keys.dead, count=count)
-            letters = [(_text(entry_id), fields) for entry_id, fields in found]
-        else:
-            letters = await self._dead_entries(list(dict.fromkeys(entry_ids)))
-        outcome: dict[str, tuple[str | None, str]] = {}  # entry id -> (job id, why refused)
-        sent: list[tuple[str, str]] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id, fields in letters:
-                try:
-                    if fields is None:
-                        raise _Refused(_missing_reason(entry_id))
-                    job, extra = self._requeueable(fields)
-                except (InvalidJob, _Refused) as exc:
-                    outcome[entry_id] = (None, str(exc))
-                    continue
-                outcome[entry_id] = (job.id, "")
-                sent.append((entry_id, job.id))
-                # One script per entry, pipelined: each is atomic, the batch need not be.
-                await self._requeue(
-                    keys=[self.keys.dead, self.keys.stream, self.keys.job(job.id),
-                          self.keys.done(job.id)],
-                    args=[entry_id, job.encode(), job.task, job.max_attempts,
-                          repr(job.enqueued_at), *extra],
-                    client=pipe,
-                )  # fmt: skip
-            replies = await pipe.execute() if sent else []
-        for (entry_id, job_id), (ok, detail) in zip(sent, replies, strict=True):
-            outcome[entry_id] = (job_id, "") if int(ok) else (None, _text(detail))
-        return RequeueReport(
-            requeued={e: job_id for e, (job_id, _) in outcome.items() if job_id is not None},
-            refused={e: why for e, (job_id, why) in outcome.items() if job_id is None},
-        )
-
-    async def _dead_entries(self, entry_ids: list[str]) -> list[tuple[str, Any]]:
-        """(id, fields) for each id; fields None when it is no entry of the dead stream."""
-        wanted = [entry_id for entry_id in entry_ids if _ENTRY_ID.fullmatch(entry_id)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for entry_id in wanted:
-                pipe.xrange(self.keys.dead, entry_id, entry_id, count=1)
-            replies = dict(zip(wanted, await pipe.execute(), strict=True)) if wanted else {}
-        return [(entry_id, replies[entry_id][0][1] if replies.get(entry_id) else None)
-                for entry_id in entry_ids]
-
-    def _requeueable(self, fields: dict[Any, Any]) -> tuple[Job, list[Any]]:
-        """The letter's job at attempt 1, and the entry's other fields.
-
-        InvalidJob when it holds no valid job, _Refused when the job cannot run again.
-        """
-        named = {_name(k): v for k, v in fields.items()}
-        raw = named.get("job")
-        if raw is None:
-            raise _Refused("the dead letter holds no 'job' field: the entry was never a job")
-        job = Job.decode(raw)
-        if job.deadline is not None and job.deadline <= time.time():
-            raise _Refused(f"its deadline has passed ({job.deadline:.3f}): it would die unrun")
-        if self.registry is not None and job.task not in self.registry:
-            raise _Refused(f"unknown task {job.task!r}: not in {self.registry!r}")
-        extra = [item for name, value in named.items()
-                 if name.startswith(b"extra:" if isinstance(name, bytes) else "extra:")
-                 for item in (_unprefixed(name), value)]
-        return dataclasses.replace(job, attempt=1, enqueued_at=time.time()), extra
+        return await self._dead.requeue(entry_ids, count=count, registry=self.registry)
 
     def _enqueue_keys(self, job: Job) -> list[str]:
         return [self.keys.job(job.id), self.keys.stream, self.keys.done(job.id),
                 self.keys.delayed]
 
 
-class JobHandle:
-    """A job enqueued on a queue: ask its status, await its result.
-
-        handle = await queue.enqueue("resize", 42)
-        handle.enqueued        # False when a job with this id already existed
-        await handle.result()  # its value; JobFailed if it failed or died
-    """
-
-    def __init__(self, queue: Queue, job_id: str, *, task: str | None = None,
-                 enqueued: bool | None = None) -> None:
-        self.queue = queue
-        self.id = job_id
-        self.task = task
-        self.enqueued = enqueued
-
-    def __repr__(self) -> str:
-        task = f" {self.task}" if self.task else ""
-        return f"<JobHandle{task} id={self.id!r} queue={self.queue.name!r}>"
-
-    async def info(self) -> dict[str, str]:
-        """The job's record (see ``keys.JOB_FIELDS``); empty when there is none."""
-        record = await self.queue.redis.hgetall(self.queue.keys.job(self.id))
-        return {_text(k): _text(v) for k, v in record.items()}
-
-    async def status(self) -> JobStatus | None:
-        """The job's status; None when there is no record (unknown id, or expired)."""
-        status = await self.queue.redis.hget(self.queue.keys.job(self.id), "status")
-        return None if status is None else JobStatus(_text(status))
-
-    async def cancel(self) -> CancelOutcome:
-        """Cancel the job (see ``Queue.cancel``): cancelled, requested, or ended already."""
-        return await self.queue.cancel(self.id)
-
-    async def result(self, timeout_s: float | None = None) -> Any:
-        """Wait until the job ends; its return value, or JobFailed when it failed or died.
-
-        JobCancelled (a JobFailed) when it was cancelled.
-
-        Raises TimeoutError after ``timeout_s`` (the job goes on), JobNotFound when
-        there is no record, QueueClosed when the Queue is closed meanwhile, and
-        redis's ConnectionError when Redis is lost (after the client's own retries):
-        call it again. Waiting costs no polling and no connection of its own: the
-        Queue's one listener (``results``) wakes every waiter when the worker
-        publishes that the job ended, any number of waiters on any number of jobs.
-        """
-        record = await self.queue._results.wait(self.id, timeout_s)
-        return _outcome(self.id, JobStatus(record["status"]), record)
-
-
-def _outcome(job_id: str, status: JobStatus, record: dict[str, str]) -> Any:
-    if status is JobStatus.DONE:
-        return json.loads(record.get("result", "null"))
-    error = JobCancelled if status is JobStatus.CANCELLED else JobFailed
-    raise error(job_id, record.get("task", "?"), status, record.get("error_type", ""),
-                    record.get("error", ""), record.get("reason", ""))
-
-
-class _Refused(Exception):
-    """A dead letter that ``requeue_dead`` leaves where it is; the message says why."""
-
-
-def _missing_reason(entry_id: str) -> str:
-    if not _ENTRY_ID.fullmatch(entry_id):
-        return f"{entry_id[:60]!r} is not a stream entry id (like 1712345678901-0)"
-    return "not in the dead-letter stream (requeued already?)"
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """Redis refused a write for lack of memory (``maxmemory`` reached, nothing evicted)?
-
-    Redis 7 replies ``-OOM``, also from a script; 6.2 wraps it in the script's ``ERR``.
-    """
-    return (isinstance(exc, redis.exceptions.OutOfMemoryError)
-            or "OOM command not allowed" in str(exc))
-
-
 def _enqueue_args(job: Job, data: bytes, at: float | None = None) -> list[Any]:
     args = [data, job.task, job.attempt, job.max_attempts, repr(job.enqueued_at)]
     return args if at is None else [*args, repr(at)]
-
-
-def _text(value: Any) -> str:
-    """A reply as str, whether the client decodes responses or not."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
-
-
-def _name(value: Any) -> str | bytes:
-    """A field name as str, or as its bytes when they are not UTF-8 (kept as they were)."""
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value
-    return str(value)
-
-
-def _unprefixed(name: str | bytes) -> str | bytes:
-    return name.removeprefix(b"extra:") if isinstance(name, bytes) else name.removeprefix("extra:")
-
-
-def _surrogate(name: str | bytes) -> str:
-    """A name as str without loss: bytes that are not UTF-8 become lone surrogates."""
-    return name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else name
-
-
-def _escaped(value: str | bytes) -> str:
-    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
-
-
-def _bytes(value: Any) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    return str(value).encode()
