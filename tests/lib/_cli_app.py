@@ -4,6 +4,7 @@
 - ``boom(message)``: raises ValueError; one attempt only.
 - ``slow(seconds)``: sleeps, then returns ``"slept <seconds>"`` (to stop a worker mid-job).
 - ``freeze(seconds)``: blocks the worker's loop with ``time.sleep`` (for ``--watchdog``).
+- ``loop_class()``: the class of the loop it runs on, ``module.Name`` (for ``--loop``).
 """
 
 from __future__ import annotations
@@ -39,3 +40,9 @@ async def slow(seconds: float) -> str:
 async def freeze(seconds: float) -> str:
     time.sleep(seconds)  # noqa: ASYNC251 -- the loop blocked on purpose: the watchdog names it
     return f"froze {seconds}"
+
+
+@registry.task
+async def loop_class() -> str:
+    loop = type(asyncio.get_running_loop())
+    return f"{loop.__module__}.{loop.__qualname__}"

@@ -276,6 +276,65 @@ def test_enqueue_wait_exits_4_when_the_real_server_is_stopped_mid_wait(redis_ser
     assert proc.returncode == 4 and "Traceback" not in err, err
 
 
+def test_plain_enqueue_wait_exits_3_when_the_real_server_is_stopped_mid_wait(
+        redis_server_factory, queue):
+    """``--wait`` with no SECONDS waits as long as the job takes, but not on a server that
+    has stopped answering (SIGSTOP, a real server: see above): its health PING, every
+    HEALTH_PING_S and bounded by REPLY_TIMEOUT_S, ends the wait with exit 3."""
+    server = redis_server_factory()
+    assert server._proc is not None
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "course_lib.distributed", "--redis-url", server.url, "--queue",
+         queue, "enqueue", "add", "1", "2", "--job-id", "p-1", "--wait"],
+        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "p-1\n"  # enqueued: the wait begins (no worker)
+        with stopped(server._proc):
+            _, err = proc.communicate(timeout=HANG_GUARD_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
+    assert proc.returncode == 3 and "Traceback" not in err, err
+    assert "did not answer within 5 s (a health ping while waiting for the result)" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_plain_enqueue_wait_outlasts_many_health_pings_while_redis_answers(
+        capsys, monkeypatch, redis_server, queue):
+    """The PINGs only tell a frozen server apart: one that answers is waited on for as
+    long as the job takes (here dozens of PINGs), and the result printed."""
+    from _cli_support import WorkerProcess
+
+    from course_lib.distributed import cli_common
+    from course_lib.distributed.cli import main
+
+    pings = []
+    answered = cli_common._answered
+
+    async def counted(step, doing):
+        pings.append(doing)
+        return await answered(step, doing)
+
+    monkeypatch.setattr(cli_common, "HEALTH_PING_S", 0.02)
+    monkeypatch.setattr(cli_common, "_answered", counted)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    with WorkerProcess(redis_server.url, queue, "--name", "pinged") as worker:
+        worker.wait_for("worker pinged ready")
+        code = main(["--redis-url", redis_server.url, "--queue", queue, "enqueue", "slow",
+                     "1", "--job-id", "long", "--wait"])
+        worker.proc.terminate()
+        assert worker.exit_code() == 0
+    out, err = capsys.readouterr()
+    assert (code, out) == (0, 'long\n"slept 1"\n'), err
+    assert pings.count("a health ping while waiting for the result") >= 5
+
+
 # --- the worker notices, and carries on once the server answers again ------------------------
 
 
