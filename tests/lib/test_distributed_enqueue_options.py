@@ -230,3 +230,60 @@ def test_cli_bad_delay_or_at_exits_2_in_one_line(capsys, monkeypatch, argv, says
                          *argv)
     assert code == 2 and says in err and "Traceback" not in err
 
+
+
+# --- enqueue_many: options per job, beside the arguments --------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_enqueue_many_takes_options_per_job_beside_the_arguments(redis):
+    queue = Queue(redis)
+    deadline = time.time() + 3600
+    handles = await queue.enqueue_many([
+        ("report", [1], OPTION_NAMES, EnqueueOptions(job_id="r-1", max_attempts=7)),
+        ("report", [2], EnqueueOptions(delay_s=60, job_id="r-2")),
+        ("report", [3], {"x": 1}, EnqueueOptions(timeout_s=2.5, deadline=deadline)),
+        ("report", [4], {"x": 2}, None),  # no options of its own
+        ("report", [5]),
+    ])  # fmt: skip
+    assert [h.id for h in handles[:2]] == ["r-1", "r-2"] and all(h.enqueued for h in handles)
+    now = {job.args[0]: job for job in await _entries(redis, queue)}
+    assert sorted(now) == [1, 3, 4, 5]  # r-2 waits in the delayed set
+    assert now[1].kwargs == OPTION_NAMES and now[1].max_attempts == 7  # never mixed
+    assert (now[3].kwargs, now[3].timeout_s, now[3].deadline) == ({"x": 1}, 2.5, deadline)
+    assert (now[4].max_attempts, now[4].timeout_s, now[4].deadline) == (3, None, None)
+    [(member, due)] = await redis.zrange(queue.keys.delayed, 0, -1, withscores=True)
+    assert Job.decode(member).id == "r-2" and due >= time.time() + 59
+    assert await handles[1].status() is JobStatus.SCHEDULED
+
+
+@pytest.mark.asyncio
+async def test_enqueue_many_options_apply_to_every_job_without_its_own(redis):
+    queue = Queue(redis)
+    shared = EnqueueOptions(max_attempts=1, delay_s=60)
+    handles = await queue.enqueue_many(
+        [("report", [1]), ("report", [2], {}, EnqueueOptions(job_id="own")),
+         queue.job("report", [3], job_id="prepared")], options=shared)
+    assert [h.id for h in handles][1:] == ["own", "prepared"]
+    assert [job.id for job in await _entries(redis, queue)] == ["own"]  # its own: no delay
+    delayed = {Job.decode(m).args[0]: Job.decode(m)
+               for m in await redis.zrange(queue.keys.delayed, 0, -1)}
+    assert sorted(delayed) == [1, 3]  # a prepared Job takes the options' time only
+    assert (delayed[1].max_attempts, delayed[3].max_attempts) == (1, 3)
+    with pytest.raises(ValueError, match="job_id shared by every job"):
+        await queue.enqueue_many([("report", [4])], options=EnqueueOptions(job_id="same"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("item", "error", "says"), [
+    (("report", [1], EnqueueOptions(), {"x": 1}), InvalidJob, r"not a Job or \(task, args"),
+    (("report", [1], {}, "options"), InvalidJob, r"not a Job or \(task, args"),
+    (("report",), InvalidJob, r"not a Job or \(task, args"),
+    (("report", [1], EnqueueOptions(delay_s=60, deadline=time.time() + 30)), InvalidJob,
+     "at or after its deadline"),
+])  # fmt: skip
+async def test_enqueue_many_with_one_bad_item_adds_none(redis, item, error, says):
+    queue = Queue(redis)
+    with pytest.raises(error, match=says):
+        await queue.enqueue_many([("report", [0]), item])
+    assert await redis.xlen(queue.keys.stream) == 0 and await redis.zcard(queue.keys.delayed) == 0
