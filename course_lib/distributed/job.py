@@ -333,20 +333,23 @@ class TaskRegistry:
 
     def every(self, every_s: Any, task: str, args: Sequence[Any] = (),
               kwargs: Mapping[str, Any] | None = None, *, offset_s: Any = 0.0,
-              name: str | None = None) -> Any:
+              name: str | None = None, deadline_s: Any = None) -> Any:
         """Run the registered ``task`` every ``every_s`` (seconds or a timedelta); its Periodic.
 
             registry.every(3600, "cleanup")                               # on every hour
             registry.every(86400, "report", ["daily"], offset_s=3 * 3600)   # 03:00 UTC daily
 
         Ticks are aligned to the Unix epoch (UTC) plus ``offset_s``; the workers running
-        this registry enqueue each tick's job once between them (see ``periodic``).
+        this registry enqueue each tick's job once between them (see ``periodic``). A
+        tick's job that has not started ``deadline_s`` after its tick (default: at the
+        next tick; ``math.inf``: never) dies unrun instead of running late.
         """
         from .periodic import Periodic  # here: periodic imports this module
 
         if task not in self._tasks:
             raise ValueError(f"no task {task!r} in {self!r}: register it first")
-        schedule = Periodic(task, every_s, offset_s, args, kwargs or {}, name or task)
+        schedule = Periodic(task, every_s, offset_s, args, kwargs or {}, name or task,
+                            deadline_s)
         if any(p.name == schedule.name for p in self.periodic):
             raise ValueError(f"a periodic schedule named {schedule.name!r} is already in "
                              f"{self!r}: give this one another name=")

@@ -19,6 +19,14 @@ than the workers' ``result_ttl_s``: a later enqueue could find it expired, and r
 the tick twice), and catches up the ticks it missed within that bound (a loop
 stalled, Redis away for a moment). Ticks while no worker runs are not replayed, as
 cron does not; a new scheduler starts from the latest tick.
+
+A tick's job has a deadline (``Job.deadline``, as ``EnqueueOptions(deadline=...)``):
+``deadline_s`` after its tick, by default ``every_s``, the next tick. A job that has
+not started by then dies unrun, recorded ``dead`` ("its deadline passed before it
+could start") and dead-lettered, rather than running late, maybe many ticks late
+behind a backlog or a worker that was down; and no attempt runs past it (a task
+slower than its period needs a longer ``deadline_s``; ``math.inf``: none). The
+catch-up skips the ticks whose deadline has passed (``Scheduler.missed``).
 """
 
 from __future__ import annotations
@@ -52,6 +60,10 @@ class Periodic:
     """One schedule: run ``task(*args, **kwargs)`` at every tick (see the module).
 
         Periodic("beat", every_s=0.25).latest_tick(100.3)   # 100.25
+        Periodic("beat", every_s=60, deadline_s=10).deadline(120.0)   # 130.0
+
+    ``deadline_s``: how long after its tick a tick's job may still start (and run);
+    default ``every_s``, the next tick; ``math.inf``: no deadline.
     """
 
     task: str
@@ -60,6 +72,7 @@ class Periodic:
     args: Sequence[Any] = ()
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     name: str = ""  # default: the task's name; one schedule per name in a registry
+    deadline_s: float | None = None  # default: every_s (the next tick); inf: none
 
     def __post_init__(self) -> None:
         every_s, offset_s = _seconds(self.every_s), _seconds(self.offset_s)
@@ -69,11 +82,16 @@ class Periodic:
         if not 0 <= offset_s < every_s:
             raise ValueError(f"offset_s must be >= 0 and below every_s ({every_s:g}), not "
                              f"{self.offset_s!r}")
+        deadline_s = every_s if self.deadline_s is None else _seconds(self.deadline_s)
+        if not deadline_s > 0:  # NaN fails too
+            raise ValueError(f"deadline_s must be > 0 seconds after the tick (inf: none), not "
+                             f"{self.deadline_s!r}")
         name = self.name or self.task
         if len(name) > _MAX_NAME:
             raise ValueError(f"a periodic schedule's name has at most {_MAX_NAME} characters")
         object.__setattr__(self, "every_s", every_s)
         object.__setattr__(self, "offset_s", offset_s)
+        object.__setattr__(self, "deadline_s", deadline_s)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "args", tuple(self.args))
         object.__setattr__(self, "kwargs", dict(self.kwargs))
@@ -84,6 +102,8 @@ class Periodic:
 
     def __repr__(self) -> str:
         named = "" if self.name == self.task else f", name={self.name!r}"
+        if self.deadline_s != self.every_s:
+            named += f", deadline_s={self.deadline_s:g}"
         return (f"Periodic({self.task!r}, every_s={self.every_s:g}, offset_s={self.offset_s:g}"
                 f"{named})")
 
@@ -102,9 +122,13 @@ class Periodic:
         """The id of the tick's job: the same on every worker, so it is enqueued once."""
         return f"{self.name}@{round(tick * 1000)}"
 
+    def deadline(self, tick: float) -> float | None:
+        """When the tick's job dies unrun (epoch seconds); None: never."""
+        return None if math.isinf(self.deadline_s) else tick + self.deadline_s  # type: ignore[operator]
+
     def job(self, tick: float, *, max_attempts: int = 3, timeout_s: float | None = None) -> Job:
         return Job(self.task, self.args, self.kwargs, id=self.job_id(tick),
-                   max_attempts=max_attempts, timeout_s=timeout_s)
+                   max_attempts=max_attempts, timeout_s=timeout_s, deadline=self.deadline(tick))
 
 
 class Scheduler:
@@ -113,6 +137,7 @@ class Scheduler:
         scheduler = Scheduler(queue, registry, result_ttl_s=86400)
         await scheduler.run(stop_event)   # until stop_event is set
         scheduler.enqueued, scheduler.duplicates   # ticks it added; ticks others had
+        scheduler.missed   # ticks past their deadline when it came to them: not enqueued
 
     ``result_ttl_s``: the workers' (how long a job's record outlives its end), which
     bounds how late a tick may still be enqueued (see the module).
@@ -127,6 +152,7 @@ class Scheduler:
         self.retry_s = retry_s
         self.enqueued = 0  # ticks this scheduler added
         self.duplicates = 0  # ticks another scheduler had added first
+        self.missed = 0  # ticks not enqueued: their deadline had passed (a stall, Redis away)
         self._last: dict[str, int] = {}  # schedule name -> index of the last tick handled
 
     def __repr__(self) -> str:
@@ -160,7 +186,12 @@ class Scheduler:
             first = max(self._last.get(schedule.name, latest - 1) + 1, oldest)
             for index in range(first, latest + 1):
                 tick = schedule.tick(index)
-                if now_s - tick < window_s:
+                deadline = schedule.deadline(tick)
+                if deadline is not None and deadline <= now_s:  # it would die unrun
+                    self.missed += 1
+                    logger.info("⏲ %s(id=%s) missed: its deadline passed before it could "
+                                "be enqueued", schedule.task, schedule.job_id(tick))
+                elif now_s - tick < window_s:
                     await self._enqueue(schedule, tick)
                 self._last[schedule.name] = index  # after the enqueue: one that failed is retried
 
