@@ -17,7 +17,7 @@ import pytest
 import redis as redis_sync
 from _cli_support import APP, WorkerProcess
 
-from course_lib.distributed import QueueKeys, cli_worker
+from course_lib.distributed import QueueKeys
 from course_lib.distributed.cli import main
 from course_lib.redis import serve_fake_tcp
 
@@ -51,6 +51,8 @@ class _Made(Exception):
 ])  # fmt: skip
 def test_worker_flags_reach_the_worker_as_its_keyword_arguments(capsys, monkeypatch, flags,
                                                                  expected):
+    from course_lib.distributed import cli_worker  # where the CLI makes its Worker
+
     seen: dict[str, object] = {}
 
     def worker(*args: object, **kwargs: object) -> None:
