@@ -15,12 +15,15 @@
 Modules: ``keys`` (every Redis key, in one place), ``job`` (the JSON envelope,
 statuses, the task registry), ``scripts`` (every Lua script, and why each must be
 atomic), ``options`` (``EnqueueOptions``: a delay or a time, attempts, timeout, deadline, id),
-``queue`` (the client: enqueue, results, cancel, dead letters and their requeue),
-``results`` (one listener per Queue that wakes every ``result()``), ``periodic``
-(``registry.every(...)``: jobs per tick, enqueued once across the workers), ``worker``
-(the consumer-group worker: reading, slots, stopping) and ``running``
-(its per-job half: run one entry, settle it), ``cli`` (the command line), ``naive``
-(the article's list worker, to show how it loses and duplicates jobs; never use it).
+``queue`` (the client: enqueue, cancel, counts), ``handle`` (``JobHandle``: status,
+result, cancel), ``dead_letters`` (reading dead letters, and their requeue), ``replies``
+(decoding what Redis sends back), ``results`` (one listener per Queue that wakes every
+``result()``), ``periodic`` (``registry.every(...)``: jobs per tick, enqueued once
+across the workers, each with a deadline), ``worker`` (the consumer-group worker:
+reading, slots, stopping) and ``running`` (its per-job half: run one entry, settle it),
+``cli`` (the command line; its commands in ``cli_worker`` and ``cli_queue``, its parser
+in ``cli_parser``), ``naive`` (the article's list worker, to show how it loses and
+duplicates jobs; never use it).
 
 From a shell (``python -m course_lib.distributed --help``; exit codes in ``cli``):
 

@@ -15,6 +15,8 @@ a call. Here ``enqueue(task, *args, **kwargs)`` stays a call (only ``job_id`` is
 taken, as it always was), and ``enqueue_with(options, task, *args, **kwargs)``
 takes the options first, positional-only: nothing a task is called with can land
 in them. One ``EnqueueOptions`` can be made once and reused (it is immutable).
+``enqueue_many`` takes them the same way, beside each job's arguments:
+``(task, args, kwargs, options)`` (or ``(task, args, options)``), or ``options=`` for all.
 
 A delayed job (``delay_s`` or ``at``) waits in the queue's delayed set, the sorted
 set retries wait in, with the status ``scheduled``; the workers' mover puts it in the

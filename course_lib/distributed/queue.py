@@ -91,8 +91,8 @@ class Queue:
     does not import the tasks), jobs carry ``max_attempts=3`` and no timeout, and the
     worker dead-letters names it does not know. ``aclose()`` (or ``async with``) stops
     its result listener; the client is not closed here. A delay, a time, attempts, a
-    timeout, a deadline: ``enqueue_with(EnqueueOptions(...), task, *args, **kwargs)``;
-    cancelling: ``cancel(job_id)``.
+    timeout, a deadline: ``enqueue_with(EnqueueOptions(...), task, *args, **kwargs)``, or
+    per job in ``enqueue_many``; cancelling: ``cancel(job_id)``.
     """
 
     def __init__(
