@@ -70,9 +70,10 @@ then (at most ``WAIT_SLACK_S`` later). While it waits for a result, ``enqueue --
 (with SECONDS or without) PINGs Redis every ``HEALTH_PING_S`` (2 s), each PING bounded
 by ``REPLY_TIMEOUT_S``: a server that stops answering ends the wait with exit 3 within
 7 s, unless the deadline comes first; ``--wait`` alone waits as long as Redis answers,
-until the job ends or Ctrl-C (a server that is gone: exit 3). A worker's BLOCK reads wait as long as they
-should; its maintenance step is bounded instead (``worker.ANSWER_TIMEOUT_S``), so it
-logs once when Redis stops answering, and once when it answers again.
+until the job ends or Ctrl-C (a server that is gone: exit 3). A worker's BLOCK
+reads wait as long as they should; its maintenance step is bounded instead
+(``worker.ANSWER_TIMEOUT_S``), so it logs once when Redis stops answering, and once
+when it answers again.
 
 Exit codes:
 
