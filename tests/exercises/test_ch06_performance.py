@@ -32,7 +32,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from _support import _async, _Cleanup, _outcome, _raise_if_failed, _said, _within
+from _support import _async, _Cleanup, _outcome, _raise_if_failed, _said
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -388,9 +388,7 @@ def _compare(got: Any, expected: dict[str, int], what: str) -> None:
             f"{what}: the right counts in another order; the original sorts them by route "
             f"name: {list(expected)[:4]}"
         )
-    raise AssertionError(
-        f"{what}: tally() gave {got!r:.120}, the original {expected!r:.120}"
-    )
+    raise AssertionError(f"{what}: tally() gave {got!r:.120}, the original {expected!r:.120}")
 
 
 _PROPERTY = settings(
