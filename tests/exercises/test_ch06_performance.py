@@ -60,6 +60,7 @@ class _Service:
         self.max_in_flight = 0
         self.cancelled = 0
         self.failed_at: float | None = None
+        self.others_at_failure = 0  # the other calls in flight when the item failed
 
     async def __call__(self, item: Any) -> tuple[str, Any]:
         self.calls[item] += 1
@@ -70,6 +71,7 @@ class _Service:
             await asyncio.sleep(self.latency(item))
             if item == self.fails:
                 self.failed_at = _now()
+                self.others_at_failure = self.in_flight - 1
                 raise _Broken(f"item {item!r} failed")
             return ("got", item)
         except asyncio.CancelledError:
@@ -157,9 +159,9 @@ async def test_fetch_all_never_has_more_than_limit_calls_in_flight(ex):
         service = _Service(lambda item: latencies[item])
         got = await _fetch_all(ex, service, items, 10, "1,000 items, limit 10")
         assert service.max_in_flight <= 10, (
-            f"over the limit: {service.max_in_flight} calls were in flight at once with "
-            "limit 10. Every call must wait for one of limit places, shared by all the "
-            "calls of fetch_all (a Semaphore made inside each call bounds nothing)"
+            f"over the limit: {service.max_in_flight} calls in flight at once, limit 10: each "
+            "call must wait for one of 10 places shared by all (a Semaphore per call bounds "
+            "nothing)"
         )
         _same_results(got, items, service, "1,000 items, limit 10")
 
@@ -198,9 +200,8 @@ async def test_fetch_all_starts_a_call_as_soon_as_one_ends(ex):
         _same_results(got, items, service, "100 items, limit 10")
         best = _greedy(latencies, 10)
         assert took <= best * 1.1, (
-            f"stalls: 100 calls with limit 10 took {took:.2f} s; keeping 10 in flight the "
-            f"whole time, a new call starting as soon as any one ends, takes {best:.2f} s. "
-            "Calls started in groups wait for the slowest of each group"
+            f"stalls: 100 calls, limit 10, took {took:.2f} s; {best:.2f} s if a new call starts "
+            "as soon as any one ends (a group of calls waits for its slowest)"
         )
 
 
@@ -263,12 +264,12 @@ async def test_fetch_all_stops_at_a_failing_item(ex):
         if isinstance(error, NotImplementedError):
             raise error
         assert error is not None, (
-            f"lost: item 5 failed and fetch_all() returned {caller.result()!r:.60}; let the "
+            f"lost: item 5 failed and fetch_all() returned {caller.result()!r:.40}; let the "
             "error out (an error in the list of results is one nobody sees)"
         )
         assert _holds(error, _Broken), (
-            f"item 5 failed with _Broken and fetch_all() raised {error!r}, expected that error "
-            "(or an ExceptionGroup holding it)"
+            f"item 5 failed with _Broken and fetch_all() raised {error!r:.50}, expected that "
+            "error (or an ExceptionGroup holding it)"
         )
         assert in_flight_at_end == 0, (
             f"left running: fetch_all() raised while {in_flight_at_end} calls were still in "
@@ -279,9 +280,10 @@ async def test_fetch_all_stops_at_a_failing_item(ex):
         assert not late, (
             f"after item 5 failed, {len(late)} more calls started: stop starting new ones"
         )
-        assert service.cancelled == 3, (
-            f"after item 5 failed, {3 - service.cancelled} of the 3 calls in flight ran on to "
-            "their end: cancel them (their results are of no use any more)"
+        others = service.others_at_failure
+        assert service.cancelled >= others, (
+            f"after item 5 failed, {others - service.cancelled} of the {others} calls in flight "
+            "ran on to their end: cancel them (their results are of no use any more)"
         )
         left = tasks.leftovers()
         assert not left, f"left running after the error came out: {len(left)} tasks"
@@ -292,7 +294,10 @@ async def _cancelled_midway(ex, tasks: _Cleanup, times: int) -> None:
     caller = tasks.start(ex.fetch_all(service, list(range(100)), limit=5))
     await asyncio.sleep(2.5)
     _raise_if_failed(caller)
-    assert not caller.done(), "fetch_all() of 100 items ended after 2.5 s, before its calls"
+    assert not caller.done(), (
+        "100 calls of 1 s, limit 5, take 20 s, and fetch_all() had ended after 2.5 s: is the "
+        "limit kept?"
+    )
     for n in range(times):
         if n:
             await asyncio.sleep(0.1)  # the second cancel comes while the calls clean up
@@ -304,9 +309,13 @@ async def _cancelled_midway(ex, tasks: _Cleanup, times: int) -> None:
     _raise_if_failed(caller)
     assert caller.cancelled(), f"{what}, fetch_all() ended without CancelledError"
     assert in_flight_at_end == 0, (
-        f"left running: {what}, fetch_all() ended while {in_flight_at_end} calls were "
-        "still in flight or cleaning up: cancel them and wait until they have ended"
-        + (", even when the wait itself is cancelled" if times > 1 else "")
+        f"left running: {what}, fetch_all() ended with {in_flight_at_end} calls in flight or "
+        "cleaning up: "
+        + (
+            "wait until they have ended, even if that wait is cancelled"
+            if times > 1
+            else "cancel them and wait until they have ended"
+        )
     )
     left = tasks.leftovers()
     assert not left, f"left running: {what}, fetch_all() ended and left {len(left)} tasks behind"
@@ -385,10 +394,18 @@ def _compare(got: Any, expected: dict[str, int], what: str) -> None:
         return
     if isinstance(got, dict) and got == expected:
         raise AssertionError(
-            f"{what}: the right counts in another order; the original sorts them by route "
-            f"name: {list(expected)[:4]}"
+            f"the right counts in another order: the original sorts them by route name "
+            f"({list(expected)[:4]}), {what}"
         )
-    raise AssertionError(f"{what}: tally() gave {got!r:.120}, the original {expected!r:.120}")
+    if isinstance(got, dict):
+        wrong = [k for k in {**expected, **got} if got.get(k) != expected.get(k)]
+        key = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise AssertionError(
+            f"tally() gave {key!r}: {got.get(key, 0)}, the original {key!r}: "
+            f"{expected.get(key, 0)}{more}, {what}"
+        )
+    raise AssertionError(f"tally() returned {got!r:.45}, the original {expected!r:.45}, {what}")
 
 
 _PROPERTY = settings(
@@ -427,7 +444,7 @@ def test_tally_gives_the_original_answer_on_many_batches(ex):
             kept = copy.deepcopy(events)
             expected = runner.run(_original(events, settings_json))
             got = _tally(ex, runner, events, settings_json)
-            _compare(got, expected, f"{len(events)} events, settings {settings_json}")
+            _compare(got, expected, f"for events {events!r:.60} and settings {settings_json}")
             assert events == kept, "tally() changed the list of events it was given"
 
         prop()
@@ -439,17 +456,17 @@ def test_tally_follows_the_settings_of_each_call(ex):
     events = [{"client": c, "path": p} for c in "abc" for p in ("/a/1", "/b/2", "/c")]
     first = json.dumps({"blocked": ["a"], "routes": [["/a/", "x"], ["/b/", "y"]]})
     second = json.dumps({"blocked": ["b", "c"], "routes": [["/", "site"]]})
+    calls = (first, second, first)
     with asyncio.Runner() as runner:
-        for n, settings_json in enumerate((first, second, first), 1):
-            expected = runner.run(_original(events, settings_json))
-            got = _tally(ex, runner, events, settings_json)
-            if n > 1 and isinstance(got, dict):
-                before = runner.run(_original(events, first if n == 2 else second))
-                assert got != before or got == expected, (
-                    f"stale: call {n} got the answer of the settings of call {n - 1}: "
-                    "whatever you keep between calls must belong to the settings it came from"
-                )
-            _compare(got, expected, f"call {n} of 3, settings {settings_json}")
+        expected = [runner.run(_original(events, settings_json)) for settings_json in calls]
+        got = [_tally(ex, runner, events, settings_json) for settings_json in calls]
+    if got[0] == got[1] and expected[0] != expected[1]:
+        raise AssertionError(
+            f"stale: two calls with different settings gave the same answer, {got[0]!r:.40}: "
+            "what is kept between calls must belong to the settings it was made from"
+        )
+    for n, (settings_json, one, right) in enumerate(zip(calls, got, expected, strict=True), 1):
+        _compare(one, right, f"at call {n} of 3, settings {settings_json}")
 
 
 _ROUNDS = 7
@@ -477,7 +494,7 @@ def test_tally_is_at_least_3x_faster_than_the_original(ex):
     events, settings_json = _workload()
     with asyncio.Runner() as runner:
         expected = runner.run(_original(events, settings_json))
-        _compare(_tally(ex, runner, events, settings_json), expected, "1,000 events")
+        _compare(_tally(ex, runner, events, settings_json), expected, "on 1,000 events")
         # The best of several runs of each, in turns: whatever else the machine does
         # slows some runs of both, and the best of each is the least disturbed.
         best = {"original": [math.inf, math.inf], "yours": [math.inf, math.inf]}
@@ -495,9 +512,7 @@ def test_tally_is_at_least_3x_faster_than_the_original(ex):
     wall_x = best["original"][1] / max(best["yours"][1], tiny)
     speedup = min(cpu_x, wall_x)
     assert speedup >= _NEEDED, (
-        f"not fast enough: measured {speedup:.1f}x the original's speed (CPU time "
-        f"{cpu_x:.1f}x, elapsed {wall_x:.1f}x; the best of {_ROUNDS} runs of each, in "
-        f"turns), {_NEEDED:.0f}x needed. Profile the original: which call takes most of "
-        "the time, and how often is it made? Running the same work in another thread or "
-        "process only moves it"
+        f"measured {speedup:.1f}x as fast as the original (CPU {cpu_x:.1f}x, elapsed "
+        f"{wall_x:.1f}x, best of {_ROUNDS} runs each), {_NEEDED:.0f}x needed: profile first; a "
+        "thread or process moves work, never cuts it"
     )
