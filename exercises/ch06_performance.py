@@ -95,9 +95,9 @@ async def tally_slow(events: list[dict[str, str]], settings_json: str) -> dict[s
 async def tally(events: list[dict[str, str]], settings_json: str) -> dict[str, int]:
     """Exercise 6.2: ``tally_slow``, made fast: find its hot spot with a profiler, fix it.
 
-    - The same answer as ``tally_slow`` for every batch of events and every settings
-      (the checks compare the two on many: routes that overlap, clients blocked or
-      not, empty batches), the same dict in the same order, inputs left unchanged.
+    - The same answer as ``tally_slow`` for every batch of events and every (valid)
+      settings: the checks compare the two on many (routes that overlap, clients
+      blocked or not, empty batches); the same dict in the same order, inputs unchanged.
     - Each call follows the settings it is given: two calls with different settings
       give two different answers.
     - At least 3x faster than ``tally_slow`` on a batch of 1,000 events with a

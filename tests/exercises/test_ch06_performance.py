@@ -10,9 +10,9 @@ the very latencies the fake service uses.
 file's own copy of the original (``_original``), in the same run, on the same batch, in
 turns, the best of several runs of each, CPU time and elapsed time, and the smaller of
 the two ratios counts. A ratio, never a bound in seconds: a loaded machine slows both
-alike. The model answer is about 25x faster; 3x is asked. Its other checks compare the
-answers of the two on many inputs (hypothesis), each on a loop of its own (real time:
-``asyncio.to_thread`` has to work there).
+alike. The model answer is about 28x as fast (50x on 3.13); 3x is asked. The other
+checks compare the answers of the two on many inputs (hypothesis), each on a loop of
+its own (real time: ``asyncio.to_thread`` has to work there).
 
 Every task a test starts, and every task the code under test leaves behind, is stopped
 at the end of the test's own body.
