@@ -99,7 +99,8 @@ async def tally(events: list[dict[str, str]], settings_json: str) -> dict[str, i
       settings: the checks compare the two on many (routes that overlap, clients
       blocked or not, empty batches); the same dict in the same order, inputs unchanged.
     - Each call follows the settings it is given: two calls with different settings
-      give two different answers.
+      give two different answers, one after the other or at the same time (a worker
+      runs several batches at once, each with its own settings).
     - At least 3x faster than ``tally_slow`` on a batch of 1,000 events with a
       realistic settings (400 blocked clients, 40 routes), measured against it in the
       same run: CPU time and elapsed time, the best of several runs of each, taken

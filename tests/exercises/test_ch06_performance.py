@@ -469,6 +469,35 @@ def test_tally_follows_the_settings_of_each_call(ex):
         _compare(one, right, f"at call {n} of 3, settings {settings_json}")
 
 
+@pytest.mark.exercise("6.2")
+def test_tally_runs_two_batches_at_once_each_with_its_settings(ex):
+    """Two batches of 300 events at once, with other settings each: each its own answer."""
+    rng = random.Random(621)
+    paths = ["/a/1", "/b/2", "/c", "/ab"]
+    batches = [[{"client": rng.choice("abcd"), "path": rng.choice(paths)} for _ in range(300)]
+               for _ in range(2)]  # fmt: skip
+    configs = [
+        json.dumps({"blocked": ["a"], "routes": [["/a/", "x"], ["/b/", "y"]]}),
+        json.dumps({"blocked": ["b", "c"], "routes": [["/a", "z"], ["/", "site"]]}),
+    ]
+
+    async def both() -> list[Any]:
+        calls = [_as_coroutine(ex.tally(b, c)) for b, c in zip(batches, configs, strict=True)]
+        return list(await asyncio.gather(*calls))
+
+    with asyncio.Runner() as runner:
+        expected = [runner.run(_original(b, c)) for b, c in zip(batches, configs, strict=True)]
+        alone = [_tally(ex, runner, b, c) for b, c in zip(batches, configs, strict=True)]
+        for n, (one, right) in enumerate(zip(alone, expected, strict=True), 1):
+            _compare(one, right, f"batch {n} of 2, run alone")
+        got = runner.run(both())
+    for n, (one, right) in enumerate(zip(got, expected, strict=True), 1):
+        assert one == right, (
+            f"crossed: batch {n} of 2 was right alone and wrong when run at the same time as "
+            "the other: keep each call's settings in its own local variables"
+        )
+
+
 _ROUNDS = 7
 _NEEDED = 3.0
 
