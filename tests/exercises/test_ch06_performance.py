@@ -224,7 +224,7 @@ async def test_fetch_all_with_a_limit_above_the_number_of_items(ex):
 @_async
 @pytest.mark.exercise("6.1")
 async def test_fetch_all_reads_a_generator_of_items_once(ex):
-    """items given as a generator of 20 items, limit 4: 20 results in order."""
+    """Items given as a generator of 20 items, limit 4: 20 results in order."""
     async with _Cleanup():
         service = _Service(lambda item: 0.5)
         items = (f"item-{i}" for i in range(20))
