@@ -14,6 +14,12 @@ fakeredis server on a real TCP port (from a thread of the current process), so
 worker subprocesses can join with ``REDIS_URL=srv.url`` and still no server is
 installed.
 
+A Redis Cluster is one URL too, its scheme ``redis+cluster://`` (``rediss+cluster://``
+for TLS) and one or more seed nodes, comma-separated; ``connect()`` then returns a
+``redis.asyncio.RedisCluster``, which finds the other nodes and the slot map by itself:
+
+    r = await connect("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000")
+
 Passwords never reach a message, a ``repr`` or a log line: ``mask_url()``
 hides them, and every error raised here names the masked URL.
 """
@@ -25,6 +31,7 @@ __all__ = [
     "PROTOCOL",
     "FakeTcpServer",
     "RedisUnavailable",
+    "cluster_seeds",
     "connect",
     "fake_server",
     "mask_url",
@@ -42,6 +49,7 @@ from urllib.parse import unquote, urlsplit
 
 import fakeredis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.exceptions
 
 # RESP version every client speaks unless told otherwise. redis-py 8 defaults
@@ -60,9 +68,13 @@ PROTOCOL = 2
 CONNECT_TIMEOUT_S = 2.0
 
 _SCHEMES = ("redis", "rediss", "unix")
+# A cluster: the scheme says so (a query flag would be easy to drop when a URL is
+# rebuilt, and a cluster client on a single server fails at its first command).
+_CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 _EXPECTED = (
-    "expected redis://[[user]:password@]host[:port][/db], rediss://... (TLS) "
-    "or unix://[[user]:password@]/path/to/socket[?db=N]"
+    "expected redis://[[user]:password@]host[:port][/db], rediss://... (TLS), "
+    "unix://[[user]:password@]/path/to/socket[?db=N] "
+    "or redis+cluster://[[user]:password@]host:port[,host:port...] (a Redis Cluster)"
 )
 # redis-py also reads a password from the query string (unix:// URLs need it).
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
@@ -109,12 +121,15 @@ def fake_server() -> fakeredis.FakeServer:
         return _fake
 
 
-async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> redis.asyncio.Redis:
+async def connect(
+    url: str | None = None, *, ping: bool = True, **kw: Any
+) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
     """A ``redis.asyncio.Redis`` client for ``url``, ``$REDIS_URL``, or the shared fake.
 
         r = await connect()                                # fake, unless REDIS_URL is set
         r = await connect("redis://localhost:6379/0")      # a real server
         r = await connect(decode_responses=True)           # **kw goes to the client
+        r = await connect("redis+cluster://h1:7000,h2:7000")  # a RedisCluster (see below)
 
     An empty ``url`` or ``REDIS_URL`` counts as unset. ``protocol`` defaults to
     ``PROTOCOL`` (2), ``socket_timeout`` to None (see the comment below) and
@@ -134,6 +149,14 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
     which the caller handles (the
     worker of chapter 4 backs off and reconnects). Pass ``retry=Retry(...)``
     (``redis.asyncio.retry``) to retry inside the client instead.
+
+    ``redis+cluster://[[user]:password@]host:port[,host:port...][/0][?option=value]``
+    (``rediss+cluster://`` for TLS) returns a ``redis.asyncio.RedisCluster`` with the
+    same bounds (protocol, timeouts, the bounded ping, to every master). Any reachable
+    seed is enough: the client reads the slot map from it and reaches every node. No
+    database but 0 on a cluster. Unlike a single server's client, it keeps redis-py's
+    cluster retries (3, with backoff): a moved slot or a failed-over master is found
+    again by retrying after re-reading the slot map, which is its job.
     """
     url = url or os.environ.get("REDIS_URL") or None
     kw.setdefault("protocol", PROTOCOL)
@@ -142,6 +165,8 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
     # benchmarks/results/redis_client_probe.md), XREADGROUP BLOCK >= 5 s fails, and on
     # 3.11 a cancel landing in that wait_for can be lost. Callers bound their own waits.
     kw.setdefault("socket_timeout", None)
+    if url is not None and url.partition("://")[0].lower() in _CLUSTER_SCHEMES:
+        return await _connect_cluster(url, ping=ping, **kw)
     if url is None:
         shown = "fakeredis (in process)"
         client: redis.asyncio.Redis = fakeredis.FakeAsyncRedis(server=fake_server(), **kw)
@@ -179,6 +204,84 @@ async def connect(url: str | None = None, *, ping: bool = True, **kw: Any) -> re
                          "connections and never replies: stopped, overloaded, or not Redis)")
             # `from None`: a chained traceback would print redis-py's own
             # message, which we have not scrubbed.
+            raise RedisUnavailable(shown, cause) from None
+    return client
+
+
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], str]:
+    """The seed nodes of a ``redis+cluster://`` URL, and the single-node URL of the first.
+
+        cluster_seeds("redis+cluster://:pw@a:7000,b:7001/0?protocol=3")
+        # ([('a', 7000), ('b', 7001)], 'redis://:pw@a:7000/0?protocol=3')
+
+    ValueError (naming the masked URL) when it is not one, or a seed has no port.
+    """
+    shown = mask_url(url)
+    scheme, sep, rest = url.partition("://")
+    plain = _CLUSTER_SCHEMES.get(scheme.lower())
+    if plain is None or not sep:
+        raise ValueError(f"malformed Redis URL {shown!r}: not a redis+cluster:// URL; "
+                         f"{_EXPECTED}")
+    # The user-info ends at the last '@' (as urllib reads it); the seeds end at the
+    # first '/', '?' or '#' after it.
+    userinfo, at, hostpart = rest.rpartition("@")
+    cut = min((i for i in (hostpart.find(c) for c in "/?#") if i >= 0), default=len(hostpart))
+    seeds_text, tail = hostpart[:cut], hostpart[cut:]
+    seeds: list[tuple[str, int]] = []
+    first = ""
+    for seed in seeds_text.split(","):
+        single = f"{plain}://{userinfo}{at}{seed.strip()}{tail}"
+        try:
+            _check_url(single)  # the port, the database, a password not encoded...
+        except ValueError as exc:
+            reason = str(exc).split(": ", 1)[1].rsplit("; expected", 1)[0]
+            raise ValueError(f"malformed Redis URL {shown!r}: seed {seed.strip()!r}: "
+                             f"{_scrub(reason, url)}; {_EXPECTED}") from None
+        parts = urlsplit(single)
+        if parts.port is None:  # a cluster has no usual port to fall back on
+            raise ValueError(f"malformed Redis URL {shown!r}: seed {seed.strip()!r} has no "
+                             f"port; {_EXPECTED}")
+        if unquote(parts.path).strip("/") not in ("", "0"):
+            raise ValueError(f"malformed Redis URL {shown!r}: a cluster has only database 0; "
+                             f"{_EXPECTED}")
+        seeds.append((parts.hostname or "", parts.port))
+        first = first or single
+    return seeds, first
+
+
+async def _connect_cluster(url: str, *, ping: bool, **kw: Any) -> redis.asyncio.RedisCluster:
+    """``connect()`` for a ``redis+cluster://`` URL: a RedisCluster, pinged within bounds."""
+    shown = mask_url(url)
+    seeds, first = cluster_seeds(url)
+    kw.setdefault("socket_connect_timeout", CONNECT_TIMEOUT_S)
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in seeds[1:]]
+    try:
+        client = redis.asyncio.RedisCluster.from_url(first, startup_nodes=nodes, **kw)
+    except (ValueError, redis.exceptions.RedisClusterException) as exc:
+        reason = _scrub(str(exc), url)
+        raise ValueError(f"malformed Redis URL {shown!r}: {reason}; {_EXPECTED}") from None
+    protocol = client.connection_kwargs.get("protocol")
+    if str(protocol) not in ("2", "3"):
+        await client.aclose()
+        raise ValueError(f"malformed Redis URL {shown!r}: protocol must be 2 or 3, "
+                         f"not {_scrub(str(protocol), url)!r}; {_EXPECTED}")
+    if ping:
+        # As for one server: the first command reads the slot map from a seed
+        # (connects, CLUSTER SLOTS), then PING goes to every master; the whole gets
+        # socket_connect_timeout + CONNECT_TIMEOUT_S, whatever the retries.
+        bound_s = (kw.get("socket_connect_timeout") or 0) + CONNECT_TIMEOUT_S
+        try:
+            async with asyncio.timeout(bound_s) as scope:
+                await client.ping()
+        except BaseException as exc:
+            await client.aclose()
+            if not isinstance(exc, (redis.exceptions.RedisError, OSError,
+                                    redis.exceptions.RedisClusterException)):
+                raise
+            cause = _scrub(str(exc) or type(exc).__name__, url)
+            if scope.expired():
+                cause = (f"it did not answer within {bound_s:g} s (no seed reachable and "
+                         "answering, or a node that accepts connections and never replies)")
             raise RedisUnavailable(shown, cause) from None
     return client
 

@@ -23,7 +23,7 @@ import pytest
 # would reach every subprocess and notebook kernel the tests start, and skew
 # what they show and measure.
 
-pytest_plugins = ["_redis_server"]
+pytest_plugins = ["_redis_server", "_redis_cluster"]
 
 _ASYNCIO_REPORTS = (
     "Task exception was never retrieved",

@@ -818,6 +818,8 @@ def _read_in_script(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
 
 def _describe(client: redis.asyncio.Redis) -> str:
     """Where the client points, for logs: a URL without password, or 'fakeredis'."""
+    if not hasattr(client, "connection_pool"):  # a RedisCluster: its nodes, no password
+        return "redis+cluster://" + ",".join(node.name for node in client.get_nodes())
     kw = getattr(client.connection_pool, "connection_kwargs", {})
     if "server" in kw or type(client).__module__.startswith("fakeredis"):
         return "fakeredis"
