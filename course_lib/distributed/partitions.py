@@ -297,15 +297,14 @@ class PartitionedWorkers:
         return f"<PartitionedWorkers {len(self.workers)} workers on {self.names}>"
 
     async def start(self) -> None:
-        """Start every Worker; if one fails to start, stop those started and raise."""
-        started: list[Worker] = []
-        try:
-            for worker in self.workers:
-                await worker.start()
-                started.append(worker)
-        except BaseException:
+        """Start every Worker at once; if one fails to start, stop those started and raise."""
+        outcomes = await asyncio.gather(*(w.start() for w in self.workers),
+                                        return_exceptions=True)
+        errors = [e for e in outcomes if isinstance(e, BaseException)]
+        if errors:
+            started = [w for w, e in zip(self.workers, outcomes, strict=True) if e is None]
             await asyncio.gather(*(w.stop() for w in started), return_exceptions=True)
-            raise
+            raise errors[0]
 
     async def stop(self, grace_s: float | None = None) -> list[Any]:
         """Stop every Worker at once (each gets ``grace_s``); their shutdown reports."""
