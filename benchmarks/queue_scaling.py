@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -299,7 +300,7 @@ def _tabulate(variants: list[dict], runs: dict[str, list[dict]], rounds: int) ->
 
 def _report(result: dict) -> None:
     print(f"\n{'variant':40} {'jobs/s':>8} {'min-max':>15} {'x 1 proc':>8} {'x 1 stream':>10}"
-          f" {'redis CPU %':>13} {'workers CPU %':>13} {'redis cap':>9}")
+          f" {'redis CPU %':>13} {'workers CPU %':>13} {'redis cap':>9} {'µs/job w/r':>11}")
     for name, row in result["variants"].items():
         j = row["jobs_per_s"]
         lift = row.get("ratio_to_one_stream")
@@ -309,20 +310,22 @@ def _report(result: dict) -> None:
               f" {row['ratio_to_one_redis_1_proc']['median']:7.2f}x"
               f" {lifted:>10}"
               f" {nodes:>13} {row['worker_cpu_pct']['median']:13.0f}"
-              f" {row['redis_ceiling_jobs_per_s']['median']:9,.0f}")
+              f" {row['redis_ceiling_jobs_per_s']['median']:9,.0f}"
+              f" {row['worker_cpu_us_per_job']['median']:5.0f}/"
+              f"{row['server_cpu_us_per_job']['median']:<5.0f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=None, help="no-op jobs per run (20000)")
     ap.add_argument("--io-jobs", type=int, default=None, help="10 ms jobs per run (6000)")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
     ap.add_argument("--quick", action="store_true", help="4000/1200 jobs, 1 round: a smoke run")
     ap.add_argument("--no-save", action="store_true", help="do not write the JSON result")
     args = ap.parse_args()
     args.jobs = args.jobs or (4000 if args.quick else 20_000)
     args.io_jobs = args.io_jobs or (1200 if args.quick else 6000)
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.rounds = args.rounds or (1 if args.quick else 5)
     binary = shutil.which("redis-server")
     if binary is None:
         print("queue_scaling: skipped, no redis-server installed")
@@ -359,7 +362,7 @@ def main() -> None:
                    "slots_per_process": SLOTS_PER_PROCESS, "batch_size": BATCH,
                    "partitions": placement,
                    "enqueue_batch": ENQUEUE_BATCH, "redis_version": _redis_version(binary),
-                   "load_before": load_before, "load_after": load_after,
+                   "git": _git(), "load_before": load_before, "load_after": load_after,
                    "seconds": round(took, 1), **result}
         print(f"saved {save('queue_scaling_quick' if args.quick else 'queue_scaling', payload)}")
 
@@ -373,10 +376,21 @@ async def _placement(url: str, names: list[str]) -> dict[str, str]:
 
 
 def _redis_version(binary: str) -> str:
-    import subprocess
-
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     return out.stdout.strip()
+
+
+def _git() -> str | None:
+    """The commit measured, with "+dirty" when course_lib or this file has changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "course_lib",
+                                "benchmarks/queue_scaling.py"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 if __name__ == "__main__":

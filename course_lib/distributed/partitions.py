@@ -29,24 +29,26 @@ partitions per master for M masters (N a multiple of M); ``placement()`` shows i
 
 What is given up: no order across partitions; ``counts()`` sums N queues; a
 worker per partition reads N streams (N blocking reads, N connections).
-``requeue_dead`` and ``move_due`` are per partition (``queue.queues[i]``).
+``requeue_dead`` and ``move_due`` are per partition (``queue.queues[i]``). A plain
+``Queue`` on a cluster client needs ``cluster_ready(queue)`` for its pipelined
+scripts (``enqueue_many``, ``requeue_dead``); the partitions here have it.
 """
 
 from __future__ import annotations
 
-__all__ = ["PartitionedQueue", "PartitionedWorkers", "partition_names", "partitions_for"]
+__all__ = ["PartitionedQueue", "PartitionedWorkers", "cluster_ready", "partition_names",
+           "partitions_for"]
 
 import asyncio
+import weakref
 import zlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis.asyncio
-import redis.exceptions
+import redis.asyncio.cluster
 from redis.crc import key_slot
 
-from . import queue as _queue
-from . import scripts
 from .job import Job, TaskRegistry
 from .keys import DEFAULT_QUEUE, QueueKeys, check_queue_name
 from .queue import CancelOutcome, JobHandle, Queue, QueueCounts, QueueFull
@@ -96,58 +98,47 @@ def partitions_for(names: Sequence[str], process: int, processes: int) -> list[s
     return list(names[process::processes])
 
 
-class _PartitionQueue(Queue):
-    """A Queue whose ``enqueue_many`` also works on a RedisCluster client.
+class _PipelinedScript:
+    """A Queue's registered script, that also runs inside a cluster pipeline.
 
-    redis-py's cluster pipeline refuses scripts (``register_script`` calls through a
-    pipeline raise RedisClusterException), so on a cluster the batch is sent as plain
-    EVALSHA commands in one pipeline: every key of one queue is in one slot, so the
-    whole batch goes to one node, in one round trip, as on a single server.
+    redis-py's cluster pipeline refuses scripts (``evalsha`` on it raises
+    RedisClusterException), so ``Queue.enqueue_many`` and ``requeue_dead`` would fail on
+    a RedisCluster client. Here the call becomes a plain EVALSHA command in the
+    pipeline: every key of one queue is in one slot, so the batch still goes to one
+    node in one round trip. The script is loaded first, once per pipeline (on every
+    master), as redis-py's own pipelines check it once per pipeline.
     """
 
-    _loaded = False
+    def __init__(self, script: Any) -> None:
+        self._script = script
+        self.sha = script.sha
+        self._loaded_for: weakref.WeakSet[Any] = weakref.WeakSet()
 
-    async def enqueue_many(self, jobs: Iterable[Any]) -> list[JobHandle]:
-        if not isinstance(self.redis, redis.asyncio.RedisCluster):
-            return await super().enqueue_many(jobs)
-        prepared = [job if isinstance(job, Job) else self.job(*job) for job in jobs]
-        payloads = [job.encode() for job in prepared]
-        if not prepared:
-            return []
-        if not self._loaded:  # on every master: the pipeline runs it by SHA1 only
-            await self.redis.script_load(scripts.ENQUEUE)
-            self._loaded = True
-        entries = await self._send(prepared, payloads)
-        if any(isinstance(e, redis.exceptions.NoScriptError) for e in entries):
-            # A restart or SCRIPT FLUSH emptied the cache: nothing of those ran.
-            await self.redis.script_load(scripts.ENQUEUE)
-            again = [i for i, e in enumerate(entries)
-                     if isinstance(e, redis.exceptions.NoScriptError)]
-            for i, entry in zip(again, await self._send([prepared[i] for i in again],
-                                                        [payloads[i] for i in again]),
-                                strict=True):
-                entries[i] = entry
-        handles = [JobHandle(self, job.id, task=job.task, enqueued=entry is not None)
-                   for job, entry in zip(prepared, entries, strict=True)]
-        refused = [(h, e) for h, e in zip(handles, entries, strict=True)
-                   if isinstance(e, Exception)]
-        if refused:
-            if not all(_queue._out_of_memory(e) for _, e in refused):
-                raise next(e for _, e in refused if not _queue._out_of_memory(e))
-            added = [h for h, e in zip(handles, entries, strict=True)
-                     if not isinstance(e, Exception)]
-            raise self._full(f"{len(refused)} of {len(handles)} jobs not enqueued (the "
-                             f"first: {refused[0][0].id!r})", added) from refused[0][1]
-        return handles
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = (),
+                       client: Any = None) -> Any:
+        if not isinstance(client, redis.asyncio.cluster.ClusterPipeline):
+            return await self._script(keys=keys, args=args, client=client)
+        if client not in self._loaded_for:
+            await self._script.registered_client.script_load(self._script.script)
+            self._loaded_for.add(client)
+        return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
-    async def _send(self, jobs: list[Job], payloads: list[bytes]) -> list[Any]:
-        sha = self._enqueue.sha
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job, data in zip(jobs, payloads, strict=True):
-                keys = self._enqueue_keys(job)
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys,
-                                     *_queue._enqueue_args(job, data))
-            return await pipe.execute(raise_on_error=False)
+
+def cluster_ready(queue: Queue) -> Queue:
+    """``queue``, with its pipelined scripts runnable on a RedisCluster client; returned.
+
+        queue = cluster_ready(Queue(await connect("redis+cluster://..."), "jobs"))
+        await queue.enqueue_many(jobs)        # else RedisClusterException on a cluster
+
+    Everything else of a Queue (and a Worker) works on a cluster as it is. A no-op on
+    a single server's client.
+    """
+    if isinstance(queue.redis, redis.asyncio.RedisCluster):
+        for name in ("_enqueue", "_requeue"):  # the scripts Queue sends in pipelines
+            script = getattr(queue, name)
+            if not isinstance(script, _PipelinedScript):
+                setattr(queue, name, _PipelinedScript(script))
+    return queue
 
 
 class PartitionedQueue:
@@ -172,7 +163,8 @@ class PartitionedQueue:
                       else [check_queue_name(n) for n in partitions])
         if not self.names or len(set(self.names)) != len(self.names):
             raise ValueError(f"partitions must be distinct names, at least one: {self.names!r}")
-        self.queues = [_PartitionQueue(redis, name, registry=registry) for name in self.names]
+        self.queues = [cluster_ready(Queue(redis, name, registry=registry))
+                       for name in self.names]
 
     def __repr__(self) -> str:
         return f"<PartitionedQueue {self.base!r} over {len(self.names)} partitions>"

@@ -22,6 +22,14 @@ Queue closes (the waiters then raise QueueClosed). When Redis fails under it
 ConnectionError naming its job; the job goes on, and a new ``result()`` starts a
 new listener. The cost: while anyone waits, every job of the queue that ends
 sends this listener one small message, waited for or not.
+
+On a Redis Cluster (a ``RedisCluster`` client, ``connect("redis+cluster://...")``)
+the same code runs: redis-py's cluster pub/sub opens the subscription on the master
+that owns the pattern's slot (its hash tag is the queue's: the queue's own master),
+and the scripts' PUBLISH reaches it whichever node runs them, since classic pub/sub
+is broadcast over the cluster bus (every node carries every message: the price of
+not needing Redis 7's sharded SPUBLISH). The records are read through the cluster
+client. If that master fails, the waiters raise ConnectionError, as for one server.
 """
 
 from __future__ import annotations

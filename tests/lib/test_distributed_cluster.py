@@ -22,6 +22,7 @@ from course_lib.distributed.keys import QueueKeys
 from course_lib.distributed.partitions import (
     PartitionedQueue,
     PartitionedWorkers,
+    cluster_ready,
     partition_names,
     partitions_for,
 )
@@ -95,12 +96,18 @@ async def test_retries_and_dead_letters_on_a_cluster(cluster):
         assert [Job.decode(letter.job).id for letter in letters] == [broken.id]
         counts = await queue.counts()
         assert (counts.stream, counts.pending, counts.delayed, counts.dead) == (0, 0, 0, 1)
+        # requeue_dead pipelines a script: cluster_ready() makes that legal on a cluster.
+        report = await cluster_ready(queue).requeue_dead()
+        assert report.ok and list(report.requeued.values()) == [broken.id]
+        with pytest.raises(JobFailed):  # it runs again, and dies again
+            await broken.result(timeout_s=30)
+        assert [Job.decode(letter.job).id for letter in await queue.dead_letters()] == [broken.id]
 
 
 @pytest.mark.asyncio
 async def test_enqueue_many_on_a_cluster_one_pipeline_and_ids_claimed_once(cluster):
     registry = _registry()
-    queue = PartitionedQueue(cluster, "jobs", 1, registry=registry).queues[0]
+    queue = cluster_ready(Queue(cluster, "jobs", registry=registry))
     handles = await queue.enqueue_many([Job("add", [i, i], id=f"j{i}") for i in range(50)])
     again = await queue.enqueue_many([Job("add", [0, 0], id="j0"), ("add", [1, 1])])
     assert all(h.enqueued for h in handles)
