@@ -197,3 +197,33 @@ async def _is(handle, status) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+# --- the same on one server (fakeredis and real): no cluster needed ---------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_partitioned_queue_works_on_one_server_too(redis):
+    registry = _registry()
+    queue = PartitionedQueue(redis, "jobs", 3, registry=registry)
+    assert cluster_ready(queue.queues[0]) is queue.queues[0]  # nothing to change here
+    assert set(queue.placement().values()) == {"one server"}
+    handles = await queue.enqueue_many([("add", [i, 0]) for i in range(30)])
+    assert (await queue.counts()).stream == 30
+    by_partition = await queue.counts_by_partition()
+    assert sorted(by_partition) == sorted(queue.names)
+    assert sum(c.stream for c in by_partition.values()) == 30
+    async with PartitionedWorkers(redis, registry, queue.names, **FAST):
+        assert [await h.result(timeout_s=30) for h in handles] == list(range(30))
+    await queue.aclose()
+
+
+def test_bad_partitions_are_refused():
+    with pytest.raises(ValueError, match="distinct"):
+        PartitionedQueue(None, "jobs", ["a", "a"])
+    with pytest.raises(ValueError, match="not usable"):
+        PartitionedQueue(None, "jobs", ["a{b}"])
+    with pytest.raises(ValueError, match="count must be"):
+        partition_names("jobs", 0)
+    with pytest.raises(ValueError, match="process must be"):
+        partitions_for(["a"], 1, 1)
