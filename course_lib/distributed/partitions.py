@@ -134,10 +134,13 @@ def cluster_ready(queue: Queue) -> Queue:
     a single server's client.
     """
     if isinstance(queue.redis, redis.asyncio.RedisCluster):
-        for name in ("_enqueue", "_requeue"):  # the scripts Queue sends in pipelines
-            script = getattr(queue, name)
-            if not isinstance(script, _PipelinedScript):
-                setattr(queue, name, _PipelinedScript(script))
+        # The scripts a Queue sends in pipelines: ENQUEUE, and REQUEUE_DEAD (the Queue's
+        # own, or its dead-letter helper's, wherever this version of queue.py keeps it).
+        for holder, name in ((queue, "_enqueue"), (queue, "_requeue"),
+                             (getattr(queue, "_dead", None), "_requeue")):
+            script = getattr(holder, name, None)
+            if hasattr(script, "sha") and not isinstance(script, _PipelinedScript):
+                setattr(holder, name, _PipelinedScript(script))
     return queue
 
 
