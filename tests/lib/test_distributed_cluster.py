@@ -17,7 +17,16 @@ import pytest_asyncio
 import redis.asyncio
 from _worker_support import FAST, eventually
 
-from course_lib.distributed import Job, JobFailed, JobStatus, Queue, TaskRegistry, Worker
+from course_lib.distributed import (
+    CancelOutcome,
+    Job,
+    JobCancelled,
+    JobFailed,
+    JobStatus,
+    Queue,
+    TaskRegistry,
+    Worker,
+)
 from course_lib.distributed.keys import QueueKeys
 from course_lib.distributed.partitions import (
     PartitionedQueue,
@@ -181,6 +190,10 @@ async def test_a_job_is_found_by_id_from_another_client_and_a_key_keeps_jobs_tog
     other = PartitionedQueue(cluster, "jobs", 3, registry=registry)
     assert await other.handle("add-1").status() is JobStatus.QUEUED
     assert await other.handle(keyed[0].id, key="customer-7").status() is JobStatus.QUEUED
+    doomed = await queue.enqueue("add", 0, 0, job_id="doomed")
+    assert await other.cancel("doomed") is CancelOutcome.CANCELLED  # the CANCEL script
+    with pytest.raises(JobCancelled):
+        await doomed.result(timeout_s=30)
     # Two processes, each serving its share of the partitions.
     shares = [partitions_for(queue.names, p, 2) for p in range(2)]
     async with PartitionedWorkers(cluster, registry, shares[0], **FAST), \
