@@ -11,7 +11,7 @@ the results folder from this file, so it works from a notebook, a test or a scri
 from __future__ import annotations
 
 __all__ = ["RESULTS", "load", "machine_line", "plot_concurrency", "plot_cpu", "plot_eager",
-           "plot_peers", "plot_profile", "plot_uvloop"]
+           "plot_peers", "plot_profile", "plot_scaling", "plot_uvloop"]
 
 import json
 import math
@@ -226,4 +226,27 @@ def plot_peers(result: dict[str, Any]) -> Any:
                ticks=kind == "noop")
         ax.set_title(f"{title} ({jobs:,} per run)", fontsize=10)
         ax.set_xlabel("jobs/s (log scale)")
+    return fig
+
+
+def plot_scaling(result: dict[str, Any]) -> Any:
+    """Jobs/s by setup and worker processes (no-op, 10 ms I/O); where each Redis caps.
+
+    The third panel is the ceiling worked out from redis-server's CPU per job (its
+    busiest node at 100 % of a core), for no-op jobs with two worker processes.
+    """
+    variants = result["variants"]
+    fig, axes = _figure(1, 3, 13, 3.6)
+    for ax, task, title, color in ((axes[0][0], "noop", "no-op jobs", COLORS[0]),
+                                   (axes[0][1], "io", "10 ms I/O jobs", COLORS[1])):
+        rows = [v for v in variants.values() if v["task"] == task]
+        _hbars(ax, [f"{v['setup']} · {v['procs']} proc{'s' * (v['procs'] > 1)}" for v in rows],
+               [v["jobs_per_s"] for v in rows], fmt=",.0f", color=color, ticks=task == "noop")
+        ax.set_title(f"{title}: jobs/s", fontsize=10)
+        ax.set_xlabel("jobs/s (median, whiskers: min-max)")
+    caps = [v for v in variants.values() if v["task"] == "noop" and v["procs"] == 2]
+    _hbars(axes[0][2], [v["setup"] for v in caps], [v["redis_ceiling_jobs_per_s"] for v in caps],
+           fmt=",.0f", color=COLORS[2])
+    axes[0][2].set_title("where Redis would cap (no-op, 2 procs)", fontsize=10)
+    axes[0][2].set_xlabel("jobs/s at 100 % of the busiest node's core")
     return fig

@@ -18,6 +18,7 @@ FIGURES = {
     "perf_eager_tasks": ch06_plots.plot_eager,
     "perf_profile": ch06_plots.plot_profile,
     "queue_peers": ch06_plots.plot_peers,
+    "queue_scaling": ch06_plots.plot_scaling,
 }
 
 
@@ -39,7 +40,8 @@ def test_figure_draws_and_keeps_every_text_inside_the_figure(name):
         plt.close(fig)
 
 
-@pytest.mark.parametrize("name", ["perf_cpu", "perf_uvloop", "perf_profile", "queue_peers"])
+@pytest.mark.parametrize("name", ["perf_cpu", "perf_uvloop", "perf_profile", "queue_peers",
+                                  "queue_scaling"])
 def test_value_labels_stay_inside_their_axes(name):
     fig = FIGURES[name](ch06_plots.load(name))
     try:
