@@ -29,9 +29,9 @@ partitions per master for M masters (N a multiple of M); ``placement()`` shows i
 
 What is given up: no order across partitions; ``counts()`` sums N queues; a
 worker per partition reads N streams (N blocking reads, N connections).
-``requeue_dead`` and ``move_due`` are per partition (``queue.queues[i]``). A plain
-``Queue`` on a cluster client needs ``cluster_ready(queue)`` for its pipelined
-scripts (``enqueue_many``, ``requeue_dead``); the partitions here have it.
+``requeue_dead`` and ``move_due`` are per partition (``queue.queues[i]``). A
+``Queue`` made on a cluster client applies ``cluster_ready`` to itself, for its
+pipelined scripts (``enqueue_many``, ``requeue_dead``).
 """
 
 from __future__ import annotations

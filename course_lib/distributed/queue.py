@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio
+from redis.asyncio import RedisCluster
 
 from . import scripts
 from .dead_letters import DeadLetter, DeadLetters, RequeueReport
@@ -111,6 +112,10 @@ class Queue:
         self._cancel = redis.register_script(scripts.CANCEL)
         self._results = ResultListener(redis, self.keys, repr(self))
         self._dead = DeadLetters(redis, self.keys, redis.register_script(scripts.REQUEUE_DEAD))
+        if isinstance(redis, RedisCluster):  # its pipelines refuse scripts: see partitions
+            from .partitions import cluster_ready
+
+            cluster_ready(self)
 
     def __repr__(self) -> str:
         return f"<Queue {self.name!r}>"
