@@ -29,12 +29,16 @@ async def io(ctx: dict[str, Any]) -> None:
     await _jobs.io_async(_jobs.async_client())
 
 
+async def warm(ctx: dict[str, Any]) -> None:
+    await _jobs.warm_async(_jobs.async_client())
+
+
 async def quiet(ctx: dict[str, Any]) -> None:
     logging.getLogger("arq").setLevel(logging.WARNING)
 
 
 class WorkerSettings:
-    functions: ClassVar = [noop, io]
+    functions: ClassVar = [noop, io, warm]
     on_startup = quiet
     redis_settings = RedisSettings.from_dsn(os.environ.get(_jobs.URL_ENV, "redis://127.0.0.1"))
     max_jobs = int(os.environ.get("PEERS_CONCURRENCY", "10"))

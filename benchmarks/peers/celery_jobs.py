@@ -29,9 +29,14 @@ def io() -> None:
     _jobs.io_sync(_jobs.sync_client())
 
 
+@app.task(name="warm")
+def warm() -> None:
+    _jobs.warm_sync(_jobs.sync_client())
+
+
 @contextlib.asynccontextmanager
 async def enqueuer() -> AsyncIterator[Callable[[str, int], Awaitable[None]]]:
-    tasks = {"noop": noop, "io": io}
+    tasks = {"noop": noop, "io": io, "warm": warm}
     with app.producer_or_acquire() as producer:
         async def enqueue(task: str, n: int) -> None:
             send = tasks[task].apply_async

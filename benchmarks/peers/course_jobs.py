@@ -31,6 +31,11 @@ async def io() -> None:
     await _jobs.io_async(_jobs.async_client())
 
 
+@registry.task
+async def warm() -> None:
+    await _jobs.warm_async(_jobs.async_client())
+
+
 @contextlib.asynccontextmanager
 async def enqueuer() -> AsyncIterator[Callable[[str, int], Awaitable[None]]]:
     client = await connect(_jobs.redis_url())

@@ -31,6 +31,10 @@ def io() -> None:
     _jobs.io_sync(_connection())
 
 
+def warm() -> None:
+    _jobs.warm_sync(_connection())
+
+
 @contextlib.asynccontextmanager
 async def enqueuer() -> AsyncIterator[Callable[[str, int], Awaitable[None]]]:
     from redis import Redis
@@ -38,7 +42,7 @@ async def enqueuer() -> AsyncIterator[Callable[[str, int], Awaitable[None]]]:
 
     client = Redis.from_url(_jobs.redis_url())
     queue = Queue(QUEUE, connection=client)
-    functions = {"noop": noop, "io": io}
+    functions = {"noop": noop, "io": io, "warm": warm}
 
     async def enqueue(task: str, n: int) -> None:
         fn = functions[task]

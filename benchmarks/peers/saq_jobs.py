@@ -27,9 +27,13 @@ async def io(ctx: dict[str, Any]) -> None:
     await _jobs.io_async(_jobs.async_client())
 
 
+async def warm(ctx: dict[str, Any]) -> None:
+    await _jobs.warm_async(_jobs.async_client())
+
+
 settings = {
     "queue": Queue.from_url(os.environ.get(_jobs.URL_ENV, "redis://127.0.0.1"), name=QUEUE),
-    "functions": [noop, io],
+    "functions": [noop, io, warm],
     "concurrency": int(os.environ.get("PEERS_CONCURRENCY", "10")),
 }
 
