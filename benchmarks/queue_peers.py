@@ -32,7 +32,7 @@ consumer's jobs/s by the bare loop's at the same process count in the same round
 the course worker c=10's likewise, and by its own with one process. Also per job: CPU
 of the workers' process groups (forked children included) and of redis-server.
 Writes benchmarks/results/queue_peers.json and queue_peers.md unless ``--no-save``;
-markdown() documents the JSON's fields.
+peers/_markdown.py writes the .md, which documents the JSON's fields.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "peers")]
 
 from _common import RESULTS, machine, save  # noqa: E402
 from _live import PEERS_VENV, LiveRunner, missing_venvs, worker_command  # noqa: E402, F401
+from _markdown import markdown  # noqa: E402
 from queue_throughput import _git, _LocalServer  # noqa: E402
 
 IO_S = 0.01  # peers/_jobs.py's IO_S
@@ -412,63 +413,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"saved {path} and {path.with_suffix('.md').name}")
     shutil.rmtree(logdir, ignore_errors=True)
     return 0
-
-
-def markdown(payload: dict, table: str) -> str:
-    m = payload["machine"]
-    versions = "\n".join(f"- {peer}: " + ", ".join(f"{d} {v}" for d, v in vs.items())
-                          for peer, vs in payload["versions"].items())
-    return f"""# The course worker against its peers ({payload['when'][:10]})
-
-`make bench-peers` (`benchmarks/queue_peers.py`; `BENCH_PEERS_ARGS=--quick` for a short
-run). {payload['jobs']:,} no-op jobs and {payload['io_jobs']:,} jobs of 10 ms I/O per run,
-{payload['rounds']} rounds in rotated order, one worker process each (its children
-included), started from its own CLI in its own venv, on redis-server
-{payload['server']['redis_version']} (loopback, no persistence). A run lasts from the first
-enqueue (the library's own client) to the last job's `INCR peers:done`. Machine:
-{m['cpus']} CPUs, {m['platform']}, CPython {m['python']}; load average
-{payload['load_before']} before, {payload['load_after']} after: a shared machine, so
-read the same-round ratios. The course at git {payload['git']}; each venv has:
-
-{versions}
-
-{table}
-
-"x bare": jobs/s over the bare Streams loop's (queue_throughput.py) in the same
-round, median over rounds; the bare loop reads jobs enqueued before it starts, so it
-is a ceiling, not a peer. "x course c=10": over the course worker at its default
-concurrency in the same round, timed like the peers. "of c/10ms": the I/O rate over
-what c jobs at once of 10 ms can give at most. CPU per job: the worker's process
-group (forked children included) and redis-server, over the whole run. Every worker
-logs warnings only.
-
-## What each one buys for its cost
-
-- **course worker**: a Streams consumer group read with `XREADGROUP ... BLOCK` (a new
-  job wakes it at once), `concurrency` entries per read, one START and one SETTLE Lua
-  call per batch, JSON jobs, a job record and a result per job, heartbeats, reclaim
-  of a dead worker's entries (`XAUTOCLAIM`), retries and a dead letter. It gives up
-  sync functions, arbitrary Python arguments (JSON only) and process isolation.
-- **SAQ**: a blocking dequeue too (no polling delay), JSON, a job hash updated at each
-  status change, a sweep for stuck jobs, aborts, cron, a web UI; more round trips
-  per job than a batched read.
-- **arq**: polls a sorted set every `poll_delay` (0.5 s). A poll reads up to
-  max(5 x max_jobs, 100) ids, but once `max_jobs` jobs are running it stops starting
-  more until the next poll (arq 0.28, `Worker.start_jobs`), so jobs that outlast
-  that loop run at most `max_jobs` per `poll_delay`: 20/s for 10 ms jobs with
-  max_jobs=10. For that it gets deferred jobs on one sorted set, pickled
-  arguments and results (any Python object), an in-progress key claimed with
-  WATCH/MULTI per job, results kept a day.
-- **Celery**: kombu's Redis transport (a list and BRPOP, an "unacked" hash for
-  redelivery), JSON messages, prefetch 4 per process. Prefork buys CPU parallelism
-  and isolation from crashing or leaking jobs, at a pipe hop to a child per job;
-  solo runs in the consumer process; threads give I/O overlap. Then routing,
-  canvas (chains, chords), rate limits, beat.
-- **RQ**: forks a "work horse" per job: a crash, a leak or a hard timeout (the
-  horse is killed) stays in that job. Pickled jobs, a registry write per state.
-  Its own notes measure `SimpleWorker` (no fork) about 6x faster on hello-world jobs;
-  not measured here.
-"""
 
 
 if __name__ == "__main__":
