@@ -12,14 +12,14 @@ def markdown(payload: dict, table: str) -> str:
     versions = "\n".join(f"- {peer}: " + ", ".join(f"{d} {v}" for d, v in vs.items())
                           for peer, vs in payload["versions"].items())
     procs = payload.get("procs", [1])
-    counts = " and ".join(map(str, procs))
+    counts = " and with ".join(map(str, procs))
     return f"""# The course worker against its peers ({payload['when'][:10]})
 
 `make bench-peers` (`benchmarks/queue_peers.py`; `BENCH_PEERS_ARGS=--quick` for a short
 run). {payload['jobs']:,} no-op jobs and {payload['io_jobs']:,} jobs of 10 ms I/O per run
 (fewer where the table says so), {payload['rounds']} rounds in rotated order, each
-consumer with {counts} worker process(es) back to back (their children included),
-started from its own CLI in its own venv, on redis-server
+consumer with {counts} worker process{"es" if procs != [1] else ""} back to back
+(their children included), started from its own CLI in its own venv, on redis-server
 {payload['server']['redis_version']} (loopback, no persistence). A run lasts from the first
 enqueue (the library's own client) to the last job's `INCR peers:done`, once every worker
 process has done a warm-up job. Machine: {m['cpus']} CPUs, {m['platform']}, CPython
@@ -51,8 +51,8 @@ warnings only.
   `noop` only): `jobs`, `jobs_per_s`, `ratio_to_bare`, `ratio_to_course_worker_c=10`,
   `ratio_to_1_proc`, `worker_cpu_us_per_job`, `redis_cpu_us_per_job`,
   `enqueue_jobs_per_s`, each `{{median, min, max, spread_pct, samples}}` (samples in
-  round order; CPU may be null), `timed_out` (runs that did not finish), and for `io`
-  `ceiling_jobs_per_s`.
+  round order; CPU may be null; `io.ratio_to_bare` is over the bare loop's no-op rate),
+  `timed_out` (runs that did not finish), and for `io` `ceiling_jobs_per_s`.
 - `consumers`: the rows of the first count (`by_procs["1"]`), in the shape a JSON
   from before `--procs` had (one worker process each).
 - `versions`, `commands` (`{{i}}`: the process's slot), `load_before`, `load_after`,

@@ -280,7 +280,7 @@ def test_render_rewrites_the_md_from_stored_json(peers_path: None, tmp_path: Pat
             "2.00 | 20.00 | 10.00 |") in md
     assert "| RQ (fork per job) | 1 | 1 | 1,000 / 200 (fewer) |" in md
     assert "RQ (fork per job): 1,000 no-op and 200 I/O jobs per run, fewer than" in md
-    assert "with 1 and 2 worker process(es)" in md and "`by_procs[\"1\"]`" in md
+    assert "with 1 and with 2 worker processes" in md and "`by_procs[\"1\"]`" in md
     assert md.endswith(qp.NOTES + notes), "--render keeps the notes written by hand"
     again = qp.json.loads(path.read_text())
     assert again["by_procs"]["2"]["course worker c=10"]["io"]["ratio_to_1_proc"]["median"] == 2
