@@ -94,8 +94,8 @@ VARIANTS: list[dict[str, Any]] = [
     {"name": "RQ (fork per job)", "peer": "rq", "module": "rq_jobs", "concurrency": 1,
      "cmd": ["{bin}/rq", "worker", "peers", "--url", "{url}", "--path", "{peers}", "-q"],
      "job_cap": {"noop": 1000, "io": 200,
-                  "why": "RQ forks a work horse per job, about 30 jobs/s here: 10,000 jobs "
-                         "would take over 5 minutes a run"}},
+                  "why": "RQ forks a work horse per job, 30-110 jobs/s here: 10,000 jobs "
+                         "would take 1.5-5 minutes a run"}},
 ]
 BARE = "bare Streams loop"
 # In the .md, what follows this line is written by hand about the run above: --render
