@@ -19,11 +19,12 @@ atomic), ``options`` (``EnqueueOptions``: a delay or a time, attempts, timeout, 
 result, cancel), ``dead_letters`` (reading dead letters, and their requeue), ``replies``
 (decoding what Redis sends back), ``results`` (one listener per Queue that wakes every
 ``result()``), ``periodic`` (``registry.every(...)``: jobs per tick, enqueued once
-across the workers, each with a deadline), ``worker`` (the consumer-group worker:
-reading, slots, stopping) and ``running`` (its per-job half: run one entry, settle it),
-``cli`` (the command line; its commands in ``cli_worker`` and ``cli_queue``, its parser
-in ``cli_parser``), ``naive`` (the article's list worker, to show how it loses and
-duplicates jobs; never use it).
+across the workers, each with a deadline), ``worker`` (the consumer-group worker,
+composed of its parts: ``reader``, ``running``, ``outcomes``, ``settling``,
+``heartbeat``, ``maintenance``, sharing ``control``), ``partitions`` (one queue over
+several streams, for a Redis Cluster), ``cli`` (the command line; its commands in
+``cli_worker`` and ``cli_queue``, its parser in ``cli_parser``), ``naive`` (the
+article's list worker, to show how it loses and duplicates jobs; never use it).
 
 From a shell (``python -m course_lib.distributed --help``; exit codes in ``cli``):
 

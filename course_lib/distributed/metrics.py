@@ -53,7 +53,7 @@ from prometheus_client.registry import Collector
 
 from course_lib.monitor.watchdog import LoopWatchdog
 
-from .running import _REDIS_DOWN
+from .control import REDIS_DOWN as _REDIS_DOWN
 from .worker import Worker, WorkerStats
 
 logger = logging.getLogger(__name__)

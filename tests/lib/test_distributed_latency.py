@@ -60,7 +60,7 @@ def _late_replies(worker: Worker) -> None:
     the others by one. The server has run each call (taking the entries it read) by the
     time its sender sees the reply, and a settle sent later on another connection may
     answer first (a shorter reply): what made chapter 4's chart wait."""
-    settle = worker._settle_script
+    settle = worker._settler.script
 
     async def late(keys, args):
         reply = await settle(keys=keys, args=args)
@@ -68,7 +68,7 @@ def _late_replies(worker: Worker) -> None:
         await asyncio.sleep(3 * RTT_S if reads else RTT_S)
         return reply
 
-    worker._settle_script = late  # type: ignore[assignment]
+    worker._settler.script = late  # type: ignore[assignment]
 
 
 @pytest.mark.asyncio

@@ -482,6 +482,8 @@ async def test_an_aborted_worker_hands_nothing_back_and_another_reclaims_its_job
     crashing = fast_worker(redis, registry, visibility_timeout_s=0.3, name="crashing")
     await crashing.start()
     await eventually(lambda: _is(handle, JobStatus.RUNNING))
+    # Marked running comes just before the task's first step: wait for that step too.
+    await eventually(lambda: _count(calls, 1))
     await crashing.abort()
     pending = await redis.xpending_range(queue.keys.stream, queue.keys.group, "-", "+", 10)
     assert [_text(p["consumer"]) for p in pending] == ["crashing"]
@@ -537,7 +539,7 @@ async def test_without_heartbeats_a_long_job_is_stolen_and_runs_twice(redis, oth
     async def no_heartbeat() -> None:
         pass
 
-    a._beat = no_heartbeat  # type: ignore[method-assign]
+    a._heartbeat.beat = no_heartbeat  # type: ignore[method-assign]
     async with a:
         await eventually(lambda: _is(handle, JobStatus.RUNNING))
         async with fast_worker(other, registry, name="b", **opts) as b:

@@ -73,13 +73,13 @@ async def test_one_heartbeat_call_beats_every_running_entry_and_spots_a_reclaim(
     handles = await queue.enqueue_many([("long", [n]) for n in range(3)])
     worker = fast_worker(redis, registry, concurrency=3, heartbeat_s=0.05)
     calls: list[list[str]] = []
-    beat = worker._heartbeat_script
+    beat = worker._heartbeat.script
 
     async def counting(keys, args):
         calls.append([_text(a) for a in args[2:]])
         return await beat(keys=keys, args=args)
 
-    worker._heartbeat_script = counting  # type: ignore[assignment]
+    worker._heartbeat.script = counting  # type: ignore[assignment]
     async with worker:
         await eventually(lambda: _all_running(handles))
         await eventually(lambda: _at_least(calls, 2))
@@ -120,7 +120,7 @@ async def test_a_settle_whose_reply_is_lost_is_sent_again_and_settles_once(redis
     runs: Counter[int] = Counter()
 
     async def parked() -> bool:
-        return worker._parked
+        return worker._slots.parked
 
     @registry.task
     async def work(n: int) -> int:
@@ -135,7 +135,7 @@ async def test_a_settle_whose_reply_is_lost_is_sent_again_and_settles_once(redis
     worker = fast_worker(redis, registry, concurrency=4, maintenance_s=60)
     codes: list[list[int]] = []
     lost: list[int] = []
-    settle = worker._settle_script
+    settle = worker._settler.script
 
     async def recording(keys, args):
         reply = await settle(keys=keys, args=args)
@@ -144,20 +144,20 @@ async def test_a_settle_whose_reply_is_lost_is_sent_again_and_settles_once(redis
         return reply
 
     recording.sha = settle.sha  # type: ignore[attr-defined]
-    worker._settle_script = recording  # type: ignore[assignment]
+    worker._settler.script = recording  # type: ignore[assignment]
     if with_read:
-        settle_and_read = worker._settle_and_read
+        settle_and_read = worker._reader.read_with_settle
 
-        async def losing(keys, args, count):
-            reply = await settle_and_read(keys, args, count)
+        async def losing(script, keys, args, count):
+            reply = await settle_and_read(script, keys, args, count)
             if not lost:
                 lost.append(len(reply))
                 raise RedisConnectionError("reply lost")
             return reply
 
-        worker._settle_and_read = losing  # type: ignore[method-assign]
+        worker._reader.read_with_settle = losing  # type: ignore[method-assign]
     else:
-        worker._prefetch_count = lambda settling: 0  # type: ignore[method-assign]
+        worker._reader.prefetch_count = lambda settling: 0  # type: ignore[method-assign]
 
         async def losing_plain(keys, args):
             reply = await recording(keys, args)
@@ -166,7 +166,7 @@ async def test_a_settle_whose_reply_is_lost_is_sent_again_and_settles_once(redis
                 raise RedisConnectionError("reply lost")
             return reply
 
-        worker._settle_script = losing_plain  # type: ignore[assignment]
+        worker._settler.script = losing_plain  # type: ignore[assignment]
     async with worker:
         assert [await h.result(timeout_s=5) for h in handles] == [0, 10, 20, 30]
         await eventually(lambda: _settled(redis, queue))
@@ -197,7 +197,7 @@ async def test_a_settle_error_that_is_no_outage_is_retried_one_delivery_at_a_tim
     queue = Queue(redis)
     handles = await queue.enqueue_many([("work", [n]) for n in range(3)])
     worker = fast_worker(redis, registry, concurrency=3, visibility_timeout_s=30)
-    worker._prefetch_count = lambda settling: 0  # type: ignore[method-assign]
+    worker._reader.prefetch_count = lambda settling: 0  # type: ignore[method-assign]
     async with worker:
         await eventually(lambda: _all_running(handles))
         # Break job 1's done list: LPUSH onto a string is a WRONGTYPE error in the script.
@@ -227,13 +227,13 @@ async def test_settles_go_on_after_the_server_forgets_its_scripts(redis):
     handles = await queue.enqueue_many([("work", [n]) for n in range(4)])
     worker = fast_worker(redis, registry, concurrency=2, maintenance_s=30)
     reads: list[int] = []
-    settle_and_read = worker._settle_and_read
+    settle_and_read = worker._reader.read_with_settle
 
-    async def counting(keys, args, count):
+    async def counting(script, keys, args, count):
         reads.append(count)
-        return await settle_and_read(keys, args, count)
+        return await settle_and_read(script, keys, args, count)
 
-    worker._settle_and_read = counting  # type: ignore[method-assign]
+    worker._reader.read_with_settle = counting  # type: ignore[method-assign]
     async with worker:
         await eventually(lambda: _count_running(handles, 2))
         await redis.script_flush()

@@ -1,0 +1,261 @@
+"""The reader: fills free slots from dead workers' entries (reclaim), then from new ones.
+
+    slots = Slots(concurrency)
+    reader = Reader(redis, keys, settings, control, outage, slots, runner, counts)
+    await reader.run()              # the read loop, until a stop request
+    reader.prefetch_count(n)        # the Settler asks: read with this settle? how many
+
+It reads ``XREADGROUP ... COUNT <free slots>``: never more than the free slots, so
+nothing read waits in a local queue where a crash would lose it. When every slot is
+taken and the reader waits for one, a settle reads the next entries in the same round
+trip (``read_with_settle``), for the slots it frees.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []  # internal: Worker is the public face
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio
+
+from .control import Control, Outage, Settings
+from .keys import QueueKeys
+from .queue import _text
+from .scripts import Script
+
+if TYPE_CHECKING:
+    from .running import _Running
+
+logger = logging.getLogger("course_lib.distributed.worker")
+
+# What the runner starts: (entry id, fields, why it is poison or None).
+_Batch = list[tuple[str, Any, str | None]]
+
+
+class Slots:
+    """``concurrency`` slots: the reader takes them, a job's end (its settle) frees one."""
+
+    def __init__(self, concurrency: int, control: Control) -> None:
+        self.free = concurrency
+        self.parked = False  # the reader waits for a free slot
+        self._control = control
+        self._wake = asyncio.Event()  # a slot was freed, or a stop requested
+
+    async def take(self, want: int) -> int:
+        """Up to ``want`` free slots, waiting for one; 0 once a stop is requested."""
+        requested = self._control.requested
+        while not self.free and not requested.is_set():
+            self._wake.clear()
+            self.parked = True
+            try:
+                await self._wake.wait()
+            finally:
+                self.parked = False
+        return 0 if requested.is_set() else self.try_take(want)
+
+    def try_take(self, want: int) -> int:
+        taken = min(want, self.free)  # no await between the check and the take
+        self.free -= taken
+        return taken
+
+    def release(self, slots: int) -> None:
+        if slots:
+            self.free += slots
+            self._wake.set()
+
+    def wake(self) -> None:
+        """Wake the reader if it waits for a slot (a stop request)."""
+        self._wake.set()
+
+
+class Reader:
+    """Reads entries into the slots it takes and hands them to the runner to start."""
+
+    def __init__(self, redis: redis.asyncio.Redis, keys: QueueKeys, settings: Settings,
+                 control: Control, outage: Outage, slots: Slots, runner: _Running,
+                 counts: dict[str, int]) -> None:
+        self._redis, self._keys, self._settings = redis, keys, settings
+        self._control, self._outage, self._slots, self._runner = control, outage, slots, runner
+        self._counts = counts
+        self._prefetched: _Batch = []  # read by a settle, not started
+        self._prefetching = False  # a settle that reads too is in flight
+        self._prefetch_over = asyncio.Event()
+        self._next_reclaim = 0.0  # loop time
+        self._claim_cursor = "0-0"
+
+    async def run(self) -> None:
+        """Take free slots; fill them from dead workers' entries, then from new ones.
+
+        Reclaiming runs here, not in a loop of its own: the slots a read has taken are
+        the only ones, so reclaimed and new entries together never exceed them.
+        """
+        s, keys, slots, start = self._settings, self._keys, self._slots, self._runner.start
+        loop = asyncio.get_running_loop()
+        failures = 0
+        self._next_reclaim = loop.time()
+        while not self._control.requested.is_set():
+            taken = await slots.take(s.batch_size)
+            if not taken:
+                break
+            used = 0
+            try:
+                if self._prefetched:  # read by a settle, for the slots it freed
+                    batch = self._prefetched[:taken]
+                    del self._prefetched[:taken]
+                    used += await start(batch)
+                if used < taken and loop.time() >= self._next_reclaim:
+                    self._next_reclaim = loop.time() + s.maintenance_s
+                    used += await self._reclaim(taken - used)
+                if used < taken and self._prefetching:
+                    used += await self._start_when_read(taken - used)
+                if used < taken:
+                    reply = await self._redis.xreadgroup(
+                        keys.group, s.name, {keys.stream: ">"},
+                        count=taken - used, block=max(1, round(s.block_s * 1000)),
+                    )  # fmt: skip
+                    if not self._control.aborting:  # else a "crash": they stay in our PEL
+                        used += await start([(_text(entry_id), fields, None)
+                                             for entry_id, fields in _entries(reply)])
+                self._outage.up(read=True)
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                await self._outage.after_error(exc, failures, "reading")
+            finally:
+                slots.release(taken - used)
+        await self._start_prefetched()
+
+    async def _reclaim(self, slots: int) -> int:
+        """XAUTOCLAIM up to ``slots`` entries idle past the visibility timeout; how many run."""
+        s, keys = self._settings, self._keys
+        reply = await self._redis.xautoclaim(
+            keys.stream, keys.group, s.name,
+            min_idle_time=max(1, round(s.visibility_timeout_s * 1000)),
+            start_id=self._claim_cursor, count=slots,
+        )  # fmt: skip
+        self._claim_cursor = _text(reply[0])
+        # Redis 6.2 returns deleted entries with no fields; 7 lists them apart. An
+        # entry still running here (our heartbeat failed) is ours already: the claim
+        # only reset its idle time.
+        holding = self._runner.holding
+        claimed = [(_text(i), f) for i, f in reply[1] if f and _text(i) not in holding]
+        if not claimed:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for entry_id, _ in claimed:
+                pipe.xpending_range(keys.stream, keys.group, entry_id, entry_id, 1)
+            pending = await pipe.execute()
+        if self._control.aborting:
+            return 0  # a "crash": they stay in our PEL, unrun
+        batch: _Batch = []
+        for (entry_id, fields), info in zip(claimed, pending, strict=True):
+            deliveries = int(info[0]["times_delivered"]) if info else 0
+            self._counts["reclaimed"] += 1
+            logger.warning("reclaimed entry %s, idle over %s s (delivery %d)", entry_id,
+                           s.visibility_timeout_s, deliveries)
+            poison = None
+            if deliveries > s.max_deliveries:
+                poison = (f"delivered {deliveries} times, never settled: it may crash or "
+                          "hang the workers that take it")
+            batch.append((entry_id, fields, poison))
+        return await self._runner.start(batch)
+
+    # --- reading with a settle ---------------------------------------------------------
+
+    def prefetch_count(self, settling: int) -> int:
+        """How many new entries a settle of ``settling`` deliveries reads too (0: none).
+
+        When every slot is taken and the reader waits for some, a settle frees
+        ``settling`` slots: the same round trip can refill them, the settle script
+        reading once it has settled, so the pending list never holds more than
+        ``concurrency`` entries. Not when stopping, nor when a reclaim is due.
+        """
+        if (not self._slots.parked or self._prefetched or self._prefetching
+                or self._control.requested.is_set()
+                or asyncio.get_running_loop().time() >= self._next_reclaim):
+            return 0
+        return min(settling, self._settings.batch_size)
+
+    async def read_with_settle(self, settle: Script, keys: list[Any], args: list[Any],
+                               count: int) -> Any:
+        """``settle``'s reply; and up to ``count`` new entries, read in the same round trip.
+
+        The script reads them itself, after settling, so that nothing is read when the
+        settle does not run (see ``scripts.SETTLE``). The entries wait in
+        ``_prefetched`` for the reader, which starts them in the slots this settle frees.
+        """
+        self._prefetching = True
+        try:
+            codes, reply = await settle(keys=keys, args=[*args, self._settings.name, count])
+        finally:
+            self._prefetching = False
+            self._prefetch_over.set()
+        if not self._control.aborting:  # else a "crash": they stay in our PEL, unrun
+            self._prefetched += [(_text(i), fields, None) for i, fields in _read_in_script(reply)]
+        return codes
+
+    async def _start_when_read(self, slots: int) -> int:
+        """Wait for the settle that reads, in flight; start up to ``slots`` of its entries.
+
+        It was sent while the reader waited for a slot, and another settle freed one
+        first. Its read may take the last entries of the stream: a BLOCK read now would
+        find none and wait ``block_s`` while they sat here, unstarted (chapter 4's chart:
+        ``resize(6)`` ~100 ms late). Its reply comes within a round trip; the wait is
+        bounded by ``block_s`` all the same, as the read it replaces.
+        """
+        self._prefetch_over.clear()  # no await since _prefetching was seen: set later
+        await self._control.sleep(self._settings.block_s, self._prefetch_over)
+        batch = self._prefetched[:slots]
+        del self._prefetched[:slots]
+        return await self._runner.start(batch) if batch else 0
+
+    async def _start_prefetched(self) -> None:
+        """At stop: start what a last settle read (run in the grace period, or handed back).
+
+        What arrives later, or when Redis is away, stays pending: reclaimed later.
+        """
+        if self._prefetching:
+            self._prefetch_over.clear()
+            await self._control.sleep(self._settings.cancel_timeout_s, self._prefetch_over)
+        batch, self._prefetched = self._prefetched, []
+        if batch and not self._control.aborting:
+            self._slots.free -= len(batch)  # the slots their settle freed
+            used = 0
+            try:
+                used = await self._runner.start(batch)
+            except Exception as exc:
+                logger.warning("worker %s: %d entries read at stop stay pending (%r)",
+                               self._settings.name, len(batch), exc)
+            finally:
+                self._slots.release(len(batch) - used)
+
+
+def _entries(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """The entries of an XREADGROUP reply, in RESP2 ([[stream, entries]]) or RESP3 ({})."""
+    if not reply:
+        return []
+    streams = reply.items() if isinstance(reply, dict) else reply
+    out = []
+    for _, entries in streams:
+        out.extend((entry_id, fields or {}) for entry_id, fields in entries)
+    return out
+
+
+def _read_in_script(reply: Any) -> list[tuple[Any, dict[Any, Any]]]:
+    """The entries of an XREADGROUP run in a script: [[stream, [[id, [f, v, ...]]]]].
+
+    Fields come as a flat list (a script's reply is not parsed as XREADGROUP's);
+    nothing read comes as None. (fakeredis leaves out the outer list.)
+    """
+    if not reply:
+        return []
+    streams = reply if isinstance(reply[0], list) else [reply]
+    out = []
+    for _, entries in streams:
+        for entry_id, flat in entries:
+            fields = flat or []
+            out.append((entry_id, dict(zip(fields[::2], fields[1::2], strict=True))))
+    return out
