@@ -10,7 +10,8 @@ What a scrape returns (``queue`` and ``worker`` labels on every series):
 
 - counters, this worker since it started: ``course_queue_processed_total``,
   ``course_queue_failed_total``, ``course_queue_retried_total``,
-  ``course_queue_dead_total``, ``course_queue_handed_back_total``,
+  ``course_queue_dead_total``, ``course_queue_cancelled_total``,
+  ``course_queue_handed_back_total``,
   ``course_queue_reclaimed_total`` (the fields of ``WorkerStats``);
 - with a ``LoopWatchdog`` (``worker --watchdog S``): ``course_queue_loop_lag_p99_seconds``
   and ``course_queue_loop_lag_max_seconds`` (how late a callback ran on the worker's
@@ -64,6 +65,7 @@ COUNTERS = {
     "failed": "Attempts that failed in this worker (retried or dead).",
     "retried": "Failed attempts this worker scheduled for a retry.",
     "dead": "Jobs this worker moved to the dead letters.",
+    "cancelled": "Jobs this worker ended cancelled, as Queue.cancel asked.",
     "handed_back": "Jobs this worker handed back at stop.",
     "reclaimed": "Entries this worker took over from dead workers.",
 }

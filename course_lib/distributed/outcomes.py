@@ -37,7 +37,7 @@ _MAX_ERROR_CHARS = 2000
 _MAX_TRACEBACK_CHARS = 8000
 _MAX_ENTRY_FIELDS = 64  # other fields of an entry copied one by one (see entry_fields)
 
-COUNTS = ("processed", "failed", "retried", "dead", "handed_back", "reclaimed")
+COUNTS = ("processed", "failed", "retried", "dead", "cancelled", "handed_back", "reclaimed")
 
 
 class Outcomes:
@@ -133,6 +133,7 @@ class Outcomes:
 
     def cancelled(self, d: Delivery, job: Job, ran_s: float, reason: str) -> None:
         """End the job cancelled, as asked (``Queue.cancel``): no retry, no dead letter."""
+        self._counts["cancelled"] += 1
         logger.info("%6.2fs ⊘ %s(id=%s) %s", ran_s, job.task, job.id, reason)
         record = {"status": JobStatus.CANCELLED.value, "finished_at": repr(time.time()),
                   "reason": reason}

@@ -117,15 +117,18 @@ class WorkerStats:
     """Counts of one worker since it started, and of its queue in Redis now.
 
     ``processed``: jobs it completed; ``failed``, ``retried``, ``dead``: attempts that
-    ended so; ``handed_back``: jobs returned at stop; ``reclaimed``: entries taken over
-    from dead workers. Queue-wide: ``pending`` (delivered, unsettled), ``lag`` (not
-    yet delivered), ``delayed`` (retries waiting), ``dead_letters``.
+    ended so; ``cancelled``: jobs it ended cancelled, as ``Queue.cancel`` asked (while
+    they ran, or flagged before their attempt started); ``handed_back``: jobs returned
+    at stop; ``reclaimed``: entries taken over from dead workers. Queue-wide:
+    ``pending`` (delivered, unsettled), ``lag`` (not yet delivered), ``delayed``
+    (retries waiting), ``dead_letters``.
     """
 
     processed: int
     failed: int
     retried: int
     dead: int
+    cancelled: int
     handed_back: int
     reclaimed: int
     in_flight: int
