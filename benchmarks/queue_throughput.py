@@ -2,8 +2,14 @@
 
     python benchmarks/queue_throughput.py [--url redis://127.0.0.1:6379/0] [--jobs 10000]
         [--rounds 5] [--quick] [--concurrency 10,100] [--procs 1,2] [--no-save] [--json PATH]
-        [--no-latency]
+        [--no-latency] [--no-naive] [--baseline GIT_REF]
     python benchmarks/queue_throughput.py --profile [--jobs 20000]   # where the Worker's time goes
+
+It measures the course_lib it imports: from a worktree, run it with ``PYTHONPATH=.``
+(the venv's editable install points at the main checkout). ``--baseline REF`` also runs
+the Worker of commit REF (its ``course_lib`` taken with ``git archive`` and imported as
+``course_lib_base``) in every round, next to this one, and reports same-round ratios of
+jobs/s and client CPU per job: a change measured side by side on a shared machine.
 
 No-op jobs, enqueued before the consumers start, then consumed by 1 or 2 worker
 processes (spawned once, reused for every run). Consumers, side by side:
@@ -53,6 +59,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import importlib
 import io
 import json
 import multiprocessing as mp
@@ -179,11 +186,13 @@ async def nap(seconds: float) -> list[float]:
 
 
 class _Worker:
-    def __init__(self, client: Any, name: str, concurrency: int) -> None:
-        registry = TaskRegistry()
+    def __init__(self, client: Any, name: str, concurrency: int, src: str = "head") -> None:
+        lib = importlib.import_module(BASE_PACKAGE + ".distributed") if src == "base" else None
+        registry = (lib.TaskRegistry if lib else TaskRegistry)()
         registry.add(noop)
         registry.add(nap)
-        self.worker = Worker(client, registry, queue=QUEUE, name=name, concurrency=concurrency)
+        self.worker = (lib.Worker if lib else Worker)(client, registry, queue=QUEUE, name=name,
+                                                      concurrency=concurrency)
 
     async def start(self) -> None:
         await self.worker.start()
@@ -194,18 +203,19 @@ class _Worker:
         return {"done": stats.processed, "last": 0.0}  # last: from the records
 
 
-def _make_consumer(kind: str, client: Any, name: str, concurrency: int) -> Any:
+def _make_consumer(kind: str, client: Any, name: str, concurrency: int, src: str) -> Any:
     if kind == "bare":
         return _Bare(client, name)
     if kind == "naive":
         return _Naive(client, name)
-    return _Worker(client, name, concurrency)
+    return _Worker(client, name, concurrency, src)
 
 
 async def _child_run(conn: Any, spec: dict) -> dict:
     client = await connect(spec["url"])
     try:
-        consumer = _make_consumer(spec["kind"], client, spec["name"], spec["concurrency"])
+        consumer = _make_consumer(spec["kind"], client, spec["name"], spec["concurrency"],
+                                  spec.get("src", "head"))
         conn.send("ready")
         await asyncio.to_thread(conn.recv)  # go
         cpu0, first = time.process_time(), time.time()
@@ -380,7 +390,8 @@ async def _one_run(r: Any, url: str, procs: _Processes, variant: dict, jobs: int
     for slot in range(count):
         procs.progress[slot] = 0
         procs.conns[slot].send({"url": url, "kind": kind, "name": f"qbench-{slot}",
-                                "concurrency": variant.get("concurrency", 10)})
+                                "concurrency": variant.get("concurrency", 10),
+                                "src": variant.get("src", "head")})
     for slot in range(count):
         _recv(procs.conns[slot])  # ready: connected, consumer built, idle
     enqueue_s, ids = await _enqueue(r, kind, jobs)
@@ -499,14 +510,19 @@ async def _latency_run(r: Any, url: str, procs: _Processes, concurrency: int = 1
 # --- rounds, summary, report ---------------------------------------------------------
 
 
-def _variants(concurrencies: list[int], proc_counts: list[int]) -> list[dict]:
+def _variants(concurrencies: list[int], proc_counts: list[int], baseline: str | None = None,
+              naive: bool = True) -> list[dict]:
     out = []
     for p in proc_counts:
         out.append({"name": f"bare loop, {p} proc", "kind": "bare", "procs": p})
-        out.append({"name": f"naive list worker, {p} proc", "kind": "naive", "procs": p})
+        if naive:
+            out.append({"name": f"naive list worker, {p} proc", "kind": "naive", "procs": p})
         for c in concurrencies:
             out.append({"name": f"Worker(concurrency={c}), {p} proc", "kind": "worker",
                         "procs": p, "concurrency": c})
+            if baseline is not None:  # the same Worker at the baseline commit
+                out.append({"name": f"Worker@{baseline}(concurrency={c}), {p} proc",
+                            "kind": "worker", "procs": p, "concurrency": c, "src": "base"})
     return out
 
 
@@ -522,13 +538,13 @@ def _load() -> str:
 
 
 async def _bench(url: str, args: argparse.Namespace) -> dict:
-    variants = _variants(args.concurrency, args.procs)
+    variants = _variants(args.concurrency, args.procs, args.baseline, not args.no_naive)
     runs: dict[str, list[dict]] = {v["name"]: [] for v in variants}
     latency: dict[str, list[float]] = {"idle": [], "busy": [], "refill": []}
     r = await connect(url)
     procs = _Processes(max(args.procs))
     try:
-        for v in {v["kind"]: v for v in variants if v["procs"] == 1}.values():
+        for v in {(v["kind"], v.get("src")): v for v in variants if v["procs"] == 1}.values():
             await _one_run(r, url, procs, v, min(args.jobs, 1000))
         for rnd in range(args.rounds):
             shift = rnd % len(variants)
@@ -574,6 +590,17 @@ def _tabulate(variants: list[dict], runs: dict[str, list[dict]], jobs: int) -> d
                "server_cpu_us_per_job": _summary([1e6 * x["server_cpu_s"] / jobs for x in rs])}
         if "concurrency" in v:
             row |= {"concurrency": v["concurrency"], "batch_size": v["concurrency"]}
+        if v.get("src") == "base":
+            row["src"] = "base"
+        elif v["kind"] == "worker":
+            base = [n for n in runs if n.startswith("Worker@") and n.endswith(
+                f"(concurrency={v['concurrency']}), {v['procs']} proc")]
+            if base:  # this commit against the baseline's, run for run (same round)
+                row["ratio_to_base"] = _summary([x["jobs_per_s"] / b["jobs_per_s"] for x, b in
+                                                 zip(rs, runs[base[0]], strict=True)])
+                row["cpu_ratio_to_base"] = _summary(
+                    [x["client_cpu_s"] / b["client_cpu_s"] for x, b in
+                     zip(rs, runs[base[0]], strict=True)])
         if v["kind"] == "naive":
             row |= {"lost": [x["lost"] for x in rs], "duplicated": [x["duplicated"] for x in rs]}
         consumers[v["name"]] = row
@@ -583,7 +610,8 @@ def _tabulate(variants: list[dict], runs: dict[str, list[dict]], jobs: int) -> d
                         ("naive RPUSH pipeline", "naive")):
         rates = [jobs / x["enqueue_s"] for v in variants if v["kind"] == kind
                  for x in runs[v["name"]]]
-        enqueue[label] = {"jobs_per_s": _summary(rates)}
+        if rates:  # none with --no-naive
+            enqueue[label] = {"jobs_per_s": _summary(rates)}
     base = enqueue["bare XADD pipeline"]["jobs_per_s"]["median"]
     for row in enqueue.values():
         row["ratio_to_bare"] = row["jobs_per_s"]["median"] / base
@@ -602,6 +630,11 @@ def _report(result: dict) -> None:
         print(f"  {name:36} {j['median']:9,.0f} {j['min']:8,.0f}-{j['max']:<8,.0f}"
               f" {ratio['median']:6.2f}x {row['client_cpu_us_per_job']['median']:7.1f}"
               f" {row['server_cpu_us_per_job']['median']:7.1f}{extra}")
+        if "ratio_to_base" in row:
+            rb, cb = row["ratio_to_base"], row["cpu_ratio_to_base"]
+            print(f"  {'':36} x baseline, same round: jobs/s {rb['median']:.2f}"
+                  f" ({rb['min']:.2f}-{rb['max']:.2f}), client CPU/job {cb['median']:.2f}"
+                  f" ({cb['min']:.2f}-{cb['max']:.2f})")
     print(f"\n{'enqueue (pipelined, 100 a batch)':38} {'jobs/s':>9} {'min-max':>17} {'x XADD':>7}")
     for name, row in result["enqueue"].items():
         j = row["jobs_per_s"]
@@ -714,6 +747,10 @@ def main() -> None:
                     help="skip the latency runs (enqueue to start, slot refill) of each round")
     ap.add_argument("--json", type=Path, default=None,
                     help=f"write the JSON here instead of {RESULTS.name}/queue_throughput.json")
+    ap.add_argument("--baseline", default=None, metavar="GIT_REF",
+                    help="also run the Worker of this commit (its course_lib, from git), "
+                         "side by side in every round, with same-round ratios")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive list worker")
     ap.add_argument("--profile", action="store_true",
                     help="profile the Worker in-process instead (cProfile, round trips)")
     args = ap.parse_args()
@@ -735,6 +772,8 @@ def main() -> None:
         if args.profile:
             asyncio.run(_profile(url, args.jobs, args.concurrency[0]))
             return
+        if args.baseline is not None:
+            _extract_baseline(args.baseline)
         load_before = _load()
         started = time.perf_counter()
         print(f"queue_throughput: {mask_url(url)}, {args.jobs} jobs per run, {args.rounds} rounds,"
@@ -749,6 +788,7 @@ def main() -> None:
                        "course_lib": str(Path(course_lib.__file__).parent), "git": _git(),
                        "enqueue_batch": ENQUEUE_BATCH, "bare_batch": BARE_BATCH,
                        "client_settings": {"protocol": 2, "socket_timeout": None},
+                       "baseline": args.baseline and _rev(args.baseline),
                        "load_before": load_before, "load_after": load_after,
                        "seconds": round(took, 1), "target_ratio": 0.5, **result}
             if args.json is None:
@@ -760,6 +800,30 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
+
+
+BASE_PACKAGE = "course_lib_base"  # the baseline's course_lib, under another name
+_ROOT = Path(__file__).resolve().parent.parent  # the checkout: git archive reads its history
+
+
+def _extract_baseline(ref: str) -> None:
+    """``course_lib`` at ``ref`` (``git archive``), importable as ``course_lib_base``.
+
+    Its modules import each other relatively, so the copy under another name is the
+    baseline's own code, side by side with this one in the same processes (spawned
+    children get this sys.path).
+    """
+    where = Path(tempfile.mkdtemp(prefix="qbench-base-"))
+    archive = subprocess.run(["git", "archive", ref, "course_lib"], cwd=_ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    (where / "course_lib").rename(where / BASE_PACKAGE)
+    sys.path.insert(0, str(where))
+
+
+def _rev(ref: str) -> str:
+    return subprocess.run(["git", "-C", str(_ROOT), "rev-parse", "--short", ref],
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def _git() -> str | None:

@@ -43,6 +43,7 @@ class Settings:
     name: str
     concurrency: int
     batch_size: int
+    read_ahead: int
     visibility_timeout_s: float
     heartbeat_s: float
     block_s: float
@@ -61,7 +62,8 @@ class Settings:
     reconnect_max_s: float
 
     @classmethod
-    def checked(cls, *, concurrency: int, batch_size: int | None, visibility_timeout_s: float,
+    def checked(cls, *, concurrency: int, batch_size: int | None, read_ahead: int | None,
+                visibility_timeout_s: float,
                 heartbeat_s: float | None, block_s: float, maintenance_s: float | None,
                 retry_base_s: float, retry_max_s: float, retry_jitter: str,
                 max_dead_letters: int | None, idle_consumer_s: float | None,
@@ -69,6 +71,10 @@ class Settings:
         """The settings ``Worker`` takes, checked (ValueError), with defaults filled in."""
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, not {concurrency!r}")
+        batch_size = min(batch_size or concurrency, concurrency)
+        read_ahead = batch_size if read_ahead is None else read_ahead
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
+            raise ValueError(f"read_ahead must be an integer >= 0, not {read_ahead!r}")
         if not 0 < block_s < visibility_timeout_s:
             # A finite BLOCK, never 0: fakeredis never unblocks a reader whose client
             # died, and stop() waits for the read in flight to return.
@@ -91,7 +97,7 @@ class Settings:
             raise ValueError(f"default_timeout_s must be a number > 0 or None, not "
                              f"{default_timeout_s!r}")
         return cls(
-            concurrency=concurrency, batch_size=min(batch_size or concurrency, concurrency),
+            concurrency=concurrency, batch_size=batch_size, read_ahead=read_ahead,
             visibility_timeout_s=visibility_timeout_s, heartbeat_s=heartbeat_s,
             block_s=block_s,
             maintenance_s=(min(1.0, visibility_timeout_s / 2) if maintenance_s is None
@@ -206,6 +212,30 @@ async def cancel_until_done(tasks: set[asyncio.Task[Any]], give_up_s: float
             task.cancel()
         _, tasks = await asyncio.wait(tasks, timeout=min(0.1, give_up_s))
     return tasks
+
+
+async def wait_loops(loops: list[asyncio.Task[None]], settings: Settings) -> None:
+    """Wait for a worker's loops to end, once a stop is requested; cancel those that don't.
+
+    The read in flight returns within ``block_s``, a settle's read within
+    ``cancel_timeout_s``. A loop still running after both waits on a connection gone
+    silent (no ``socket_timeout``: its command never returns): it is cancelled, and what
+    it was reading stays pending, reclaimed later.
+    """
+    if not loops:
+        return
+    wait_s = settings.block_s + settings.cancel_timeout_s
+    _, late = await asyncio.wait(loops, timeout=wait_s)
+    if late:
+        logger.warning("worker %s: %s still running %s s after the stop request "
+                       "(Redis not answering?); cancelling", settings.name,
+                       sorted(t.get_name() for t in late), wait_s)
+        if await cancel_until_done(late, settings.cancel_timeout_s):
+            logger.error("worker %s: its loops ignore cancellation", settings.name)
+    for task in loops:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            logger.error("worker %s: %s failed", settings.name, task.get_name(),
+                         exc_info=task.exception())
 
 
 def describe(client: redis.asyncio.Redis) -> str:

@@ -5,10 +5,11 @@
     await reader.run()              # the read loop, until a stop request
     reader.prefetch_count(n)        # the Settler asks: read with this settle? how many
 
-It reads ``XREADGROUP ... COUNT <free slots>``: never more than the free slots, so
-nothing read waits in a local queue where a crash would lose it. When every slot is
-taken and the reader waits for one, a settle reads the next entries in the same round
-trip (``read_with_settle``), for the slots it frees.
+A slot is an entry the worker may hold: ``concurrency`` to run, and ``read_ahead``
+more, read and marked running ahead (the runner starts them as tasks end). It reads
+``XREADGROUP ... COUNT <free slots>``: never more than the free slots. When every slot
+is taken and the reader waits for one, a settle reads the next entries in the same
+round trip (``read_with_settle``), for the slots it frees.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ _Batch = list[tuple[str, Any, str | None]]
 
 
 class Slots:
-    """``concurrency`` slots: the reader takes them, a job's end (its settle) frees one."""
+    """A slot per entry held (``concurrency + read_ahead``): the reader takes them, a job's
+    end (its settle) frees one."""
 
     def __init__(self, concurrency: int, control: Control) -> None:
         self.free = concurrency
@@ -81,8 +83,10 @@ class Reader:
         self._control, self._outage, self._slots, self._runner = control, outage, slots, runner
         self._counts = counts
         self._prefetched: _Batch = []  # read by a settle, not started
-        self._prefetching = False  # a settle that reads too is in flight
+        self._prefetching = 0  # settles in flight that read too
         self._prefetch_over = asyncio.Event()
+        self._blocking = False  # in a BLOCK read: what a settle read would wait for it
+        self._drained = True  # the last read found fewer entries than it asked for
         self._next_reclaim = 0.0  # loop time
         self._claim_cursor = "0-0"
 
@@ -112,13 +116,26 @@ class Reader:
                 if used < taken and self._prefetching:
                     used += await self._start_when_read(taken - used)
                 if used < taken:
-                    reply = await self._redis.xreadgroup(
-                        keys.group, s.name, {keys.stream: ">"},
-                        count=taken - used, block=max(1, round(s.block_s * 1000)),
-                    )  # fmt: skip
+                    # BLOCK only once the stream looked drained: a read that does not block
+                    # returns at once, so a settle may read meanwhile (prefetch_count).
+                    self._blocking = self._drained
+                    try:
+                        reply = await self._redis.xreadgroup(
+                            keys.group, s.name, {keys.stream: ">"}, count=taken - used,
+                            block=max(1, round(s.block_s * 1000)) if self._drained else None,
+                        )  # fmt: skip
+                    finally:
+                        self._blocking = False
+                    entries = _entries(reply)
+                    self._drained = len(entries) < taken - used
+                    batch = [(_text(entry_id), fields, None) for entry_id, fields in entries]
+                    if self._prefetched:  # older, read by a settle meanwhile: theirs first,
+                        extra = slots.try_take(len(self._prefetched))  # in the slots it freed
+                        taken += extra
+                        batch[:0] = self._prefetched[:extra]
+                        del self._prefetched[:extra]
                     if not self._control.aborting:  # else a "crash": they stay in our PEL
-                        used += await start([(_text(entry_id), fields, None)
-                                             for entry_id, fields in _entries(reply)])
+                        used += await start(batch)
                 self._outage.up(read=True)
                 failures = 0
             except Exception as exc:
@@ -168,12 +185,14 @@ class Reader:
     def prefetch_count(self, settling: int) -> int:
         """How many new entries a settle of ``settling`` deliveries reads too (0: none).
 
-        When every slot is taken and the reader waits for some, a settle frees
-        ``settling`` slots: the same round trip can refill them, the settle script
-        reading once it has settled, so the pending list never holds more than
-        ``concurrency`` entries. Not when stopping, nor when a reclaim is due.
+        A settle frees ``settling`` slots: the same round trip can refill them, the
+        settle script reading once it has settled, so the pending list never holds more
+        than ``concurrency + read_ahead`` entries (what it read takes the slots it frees,
+        at the same moment). Not while the reader waits in a BLOCK read (what the settle
+        read would wait for that read to end), nor when stopping or a reclaim is due.
+        Otherwise the reader finds them first thing, when it next takes slots.
         """
-        if (not self._slots.parked or self._prefetched or self._prefetching
+        if (self._blocking or self._prefetched
                 or self._control.requested.is_set()
                 or asyncio.get_running_loop().time() >= self._next_reclaim):
             return 0
@@ -187,11 +206,11 @@ class Reader:
         settle does not run (see ``scripts.SETTLE``). The entries wait in
         ``_prefetched`` for the reader, which starts them in the slots this settle frees.
         """
-        self._prefetching = True
+        self._prefetching += 1
         try:
             codes, reply = await settle(keys=keys, args=[*args, self._settings.name, count])
         finally:
-            self._prefetching = False
+            self._prefetching -= 1
             self._prefetch_over.set()
         if not self._control.aborting:  # else a "crash": they stay in our PEL, unrun
             self._prefetched += [(_text(i), fields, None) for i, fields in _read_in_script(reply)]
@@ -206,20 +225,27 @@ class Reader:
         ``resize(6)`` ~100 ms late). Its reply comes within a round trip; the wait is
         bounded by ``block_s`` all the same, as the read it replaces.
         """
-        self._prefetch_over.clear()  # no await since _prefetching was seen: set later
-        await self._control.sleep(self._settings.block_s, self._prefetch_over)
+        await self._settled_reads(self._settings.block_s)
         batch = self._prefetched[:slots]
         del self._prefetched[:slots]
         return await self._runner.start(batch) if batch else 0
+
+    async def _settled_reads(self, limit_s: float, *, every: bool = False) -> None:
+        """Wait (``limit_s`` at most) for a settle's read in flight to bring entries, or for
+        none to be in flight (``every``: for all of them to end)."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + limit_s
+        while (self._prefetching and (every or not self._prefetched)
+               and loop.time() < until):
+            self._prefetch_over.clear()  # no await since _prefetching was seen: set later
+            await self._control.sleep(until - loop.time(), self._prefetch_over)
 
     async def _start_prefetched(self) -> None:
         """At stop: start what a last settle read (run in the grace period, or handed back).
 
         What arrives later, or when Redis is away, stays pending: reclaimed later.
         """
-        if self._prefetching:
-            self._prefetch_over.clear()
-            await self._control.sleep(self._settings.cancel_timeout_s, self._prefetch_over)
+        await self._settled_reads(self._settings.cancel_timeout_s, every=True)
         batch, self._prefetched = self._prefetched, []
         if batch and not self._control.aborting:
             self._slots.free -= len(batch)  # the slots their settle freed

@@ -8,7 +8,10 @@
 A delivery goes: decode the entry (``Job.decode``; bad input is dead-lettered at
 once), mark the job running (``scripts.START``, one call for all the jobs of a
 read), run its task under its timeout while the worker's heartbeat keeps the entry
-ours, then settle it (``Outcomes``, sent by the ``Settler``). See the docstring of
+ours, then settle it (``Outcomes``, sent by the ``Settler``). At most ``concurrency``
+tasks run; what a read brings beyond them (read ahead) waits in ``ready``, marked
+running and beaten, and starts as soon as a task ends (not after its settle), so the
+settle of one batch and the start of the next overlap. See the docstring of
 ``worker`` for why each step is safe.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 __all__: list[str] = []  # internal: Worker is the public face
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -67,6 +71,9 @@ class _Running:
         self.holding: dict[str, Delivery] = {}  # entries running (or held) here, by id
         self.jobs = BackgroundTasks(name=f"worker {settings.name}", grace_s=settings.grace_s,
                                     cancel_timeout_s=settings.cancel_timeout_s)
+        # Read ahead: marked running, waiting for a task to end (at most read_ahead of them).
+        self.ready: collections.deque[Delivery] = collections.deque()
+        self._running = 0  # tasks of jobs (each under concurrency): from spawn to their end
         self._job_key = keys_job  # keys.job(""), UTF-8: + a job id, the key of its record
         self._settings, self._control, self._slots = settings, control, slots
         self._outcomes = outcomes
@@ -93,11 +100,33 @@ class _Running:
                 deliveries = [d for d in deliveries if d not in unmarked]
         if self._control.aborting:
             return 0  # a "crash": they stay in our PEL, unrun
-        name = self._settings.name
         for d in deliveries:
             self.holding[d.entry_id] = d
-            d.runner = self.jobs.spawn(self._run_entry(d), name=f"{name} {d.entry_id}")
+            if self._running < self._settings.concurrency:
+                self._spawn(d)
+            else:  # read ahead: it starts as soon as a task ends (_run_entry)
+                self.ready.append(d)
         return len(deliveries)
+
+    def _spawn(self, d: Delivery) -> None:
+        self._running += 1
+        d.runner = self.jobs.spawn(self._run_entry(d), name=f"{self._settings.name} {d.entry_id}")
+
+    def hand_back_ready(self) -> None:
+        """At stop: hand back what was read ahead (or run it when it needs no task of ours).
+
+        They never started: re-added to the stream and acked in one step, as the jobs
+        cancelled at the end of the grace. One another worker took over is just dropped.
+        """
+        while self.ready:
+            d = self.ready.popleft()
+            if d.lost:
+                self.holding.pop(d.entry_id, None)
+                self._slots.release(1)
+            elif d.job is not None and d.problem is None and d.ended is None:
+                self._outcomes.hand_back(d)
+            else:  # dead-lettered or acked unrun: no code of the job's runs
+                self._spawn(d)
 
     def _prepare(self, entry_id: str, fields: dict[Any, Any], poison: str | None) -> Delivery:
         """The delivery, decoded; ``problem`` set when it is to be dead-lettered unrun."""
@@ -208,7 +237,10 @@ class _Running:
         """Run one delivery to its settle; the settle, sent later, frees its slot."""
         outcomes = self._outcomes
         try:
-            if d.problem is not None:
+            if d.lost:  # read ahead, then taken over by another worker (see Heartbeat.beat)
+                logger.info("entry %s: read ahead, taken over by another worker; not run here",
+                            d.entry_id)
+            elif d.problem is not None:
                 outcomes.bury(d, d.problem, error=d.error)
             elif d.ended == "cancel" and d.job is not None:  # asked while a worker lost it ran
                 outcomes.cancelled(d, d.job, 0.0, "cancelled on request before this attempt "
@@ -240,6 +272,9 @@ class _Running:
             if not d.settling:  # else its settle frees the slot, once sent
                 self.holding.pop(d.entry_id, None)
                 self._slots.release(1)
+            self._running -= 1  # the next one read ahead starts now, not after the settle
+            if self.ready and not self._control.requested.is_set():
+                self._spawn(self.ready.popleft())
 
     async def _run_one(self, d: Delivery, job: Job, task: Task) -> None:
         timeout_s = job.timeout_s if job.timeout_s is not None else task.timeout_s
@@ -247,6 +282,9 @@ class _Running:
             timeout_s = self._settings.default_timeout_s
         if job.deadline is not None:
             left_s = job.deadline - time.time()
+            if left_s <= 0:  # read ahead, and it waited past its deadline
+                self._outcomes.bury(d, "its deadline passed before it could start")
+                return
             timeout_s = left_s if timeout_s is None else min(timeout_s, left_s)
         if logger.isEnabledFor(logging.INFO):
             logger.info("%6.2fs → %s(id=%s) %d/%d", max(0.0, time.time() - job.enqueued_at),

@@ -11,10 +11,17 @@
 How each job goes, and what makes it safe:
 
 - read: ``XREADGROUP ... COUNT <free slots> BLOCK <block_s>`` puts the entry in this
-  worker's pending list (PEL) before anything runs. Never more than the free slots:
-  what is read and not running sits in no local queue where a crash would lose it.
+  worker's pending list (PEL) before anything runs. A worker holds at most
+  ``concurrency + read_ahead`` entries, at most ``concurrency`` of them running: up to
+  ``read_ahead`` (default: one batch, ``batch_size``) are read and marked running
+  ahead, so that when a job ends the next starts at once and no batch waits on a round
+  trip. Those wait in memory, but a crash loses none: they are in the PEL (reclaimed
+  later), beaten as running ones, cancelled on request, handed back at stop.
+  ``read_ahead=0``: never more than the free slots, nothing waits in memory.
 - start: one Lua script marks the jobs of a read running (status, worker,
-  started_at), or finds a job ended already (a duplicate entry: acked, not run).
+  started_at), or finds a job ended already (a duplicate entry: acked, not run). Read
+  ahead, a record says "running" (and its ``started_at``) up to one batch before the
+  job starts; one whose deadline passed meanwhile is dead-lettered unrun.
 - run: under ``asyncio.timeout`` (the job's ``timeout_s``, else the task's, else the
   worker's ``default_timeout_s``; capped by what is left before its deadline): a task
   that hangs would heartbeat for ever, never reclaimed, its slot taken. Every
@@ -88,7 +95,7 @@ import redis.asyncio
 
 from ..lifecycle import ShutdownReport
 from . import scripts
-from .control import Control, Outage, Settings, cancel_until_done, describe
+from .control import Control, Outage, Settings, describe, wait_loops
 from .heartbeat import Heartbeat
 from .job import TaskRegistry
 from .keys import DEFAULT_QUEUE
@@ -159,6 +166,8 @@ class Worker:
     300 s; ``None`` or ``inf``: unbounded, a hung task then holds its slot for ever).
     A registry with periodic schedules (``registry.every``) makes it run a ``Scheduler``
     too (``worker.scheduler``; see ``periodic``): each tick is enqueued once across workers.
+    ``read_ahead`` (default ``batch_size``, itself ``concurrency`` by default; 0: none)
+    entries are read and marked running before a slot frees (see the module's "read").
 
     Its parts, each an object of its own (see their modules): the ``Reader`` fills the
     ``Slots`` it takes (reclaim, then new entries), the runner (``running``) marks the
@@ -193,10 +202,11 @@ class Worker:
         cancel_timeout_s: float = 5.0,
         reconnect_base_s: float = 0.1,
         reconnect_max_s: float = 5.0,
+        read_ahead: int | None = None,
     ) -> None:
         settings = self._settings = Settings.checked(
             name=name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}",
-            concurrency=concurrency, batch_size=batch_size,
+            concurrency=concurrency, batch_size=batch_size, read_ahead=read_ahead,
             visibility_timeout_s=visibility_timeout_s, heartbeat_s=heartbeat_s,
             block_s=block_s, maintenance_s=maintenance_s, retry_base_s=retry_base_s,
             retry_max_s=retry_max_s, retry_jitter=retry_jitter, result_ttl_s=result_ttl_s,
@@ -227,7 +237,8 @@ class Worker:
         self._maintenance = Maintenance(
             self.queue, settings, control, outage,
             scripts.Script(redis, scripts.FORGET_CONSUMERS), answer_timeout_s=ANSWER_TIMEOUT_S)
-        self._slots = Slots(concurrency, control)
+        # A slot per entry it may hold: running, settling, or read ahead (see running).
+        self._slots = Slots(concurrency + settings.read_ahead, control)
         self._settler = Settler(redis, self.keys, settings, control,
                                 scripts.Script(redis, scripts.SETTLE, flags=scripts.SETTLE_FLAGS),
                                 on_settled=lambda done: self._runner.settled(done))
@@ -324,6 +335,7 @@ class Worker:
         try:
             self._request_stop()
             await self._wait_loops()
+            self._runner.hand_back_ready()  # read ahead, not started: handed back now
             # Cancelled at the end of the grace: each is handed back (running.py).
             self.report = await self._runner.jobs.close(grace_s,
                                                         cancel_timeout_s=self.cancel_timeout_s)
@@ -345,6 +357,7 @@ class Worker:
             self.report = await self._runner.jobs.close(0,
                                                         cancel_timeout_s=self.cancel_timeout_s)
             self._settler.drop()  # a crash settles nothing more
+            self._runner.ready.clear()  # what was read ahead stays pending, as after a crash
             await self._settler.close()
             await self._heartbeat.close()
             # The read in flight is left to return (within block_s; cancelled if Redis does
@@ -364,26 +377,7 @@ class Worker:
         self._maintenance.nudge()  # the maintenance loop, if it sleeps
 
     async def _wait_loops(self) -> None:
-        """Wait for the loops to end, once a stop is requested; cancel those that don't.
-
-        The read in flight returns within ``block_s``, a settle's read within
-        ``cancel_timeout_s``. A loop still running after both waits on a connection
-        gone silent (no ``socket_timeout``: its command never returns): it is
-        cancelled, and what it was reading stays pending, reclaimed later.
-        """
-        if self._loops:
-            wait_s = self.block_s + self.cancel_timeout_s
-            _, late = await asyncio.wait(self._loops, timeout=wait_s)
-            if late:
-                logger.warning("worker %s: %s still running %s s after the stop request "
-                               "(Redis not answering?); cancelling", self.name,
-                               sorted(t.get_name() for t in late), wait_s)
-                if await cancel_until_done(late, self.cancel_timeout_s):
-                    logger.error("worker %s: its loops ignore cancellation", self.name)
-            for task in self._loops:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    logger.error("worker %s: %s failed", self.name, task.get_name(),
-                                 exc_info=task.exception())
+        await wait_loops(self._loops, self._settings)
 
     async def __aenter__(self) -> Worker:
         await self.start()

@@ -65,6 +65,10 @@ async def _is(handle, status: JobStatus) -> bool:
     return await handle.status() is status
 
 
+async def _ran(ran: list[str]) -> bool:
+    return bool(ran)
+
+
 # --- before it starts ---------------------------------------------------------------------
 
 
@@ -211,6 +215,7 @@ async def test_a_cancel_requested_for_a_dead_workers_job_lands_when_it_is_reclai
     crashing = fast_worker(redis, registry, visibility_timeout_s=0.3, name="crashing")
     await crashing.start()
     await eventually(lambda: _is(handle, JobStatus.RUNNING))
+    await eventually(lambda: _ran(ran))  # marked running just before its first step
     await crashing.abort()  # the job stays "running", in the dead worker's PEL
     assert await handle.cancel() is CancelOutcome.REQUESTED
     async with fast_worker(redis, registry, visibility_timeout_s=0.3, name="survivor") as w:

@@ -132,7 +132,9 @@ async def test_a_settle_whose_reply_is_lost_is_sent_again_and_settles_once(redis
     queue = Queue(redis)
     handles = await queue.enqueue_many([("work", [n]) for n in range(4)])
     # No reclaim due meanwhile (maintenance_s): a settle then reads nothing, even parked.
-    worker = fast_worker(redis, registry, concurrency=4, maintenance_s=60)
+    # No read-ahead: the reader waits for a slot once the four run (the read-ahead
+    # tests are in test_distributed_worker_read_ahead.py).
+    worker = fast_worker(redis, registry, concurrency=4, maintenance_s=60, read_ahead=0)
     codes: list[list[int]] = []
     lost: list[int] = []
     settle = worker._settler.script
@@ -225,7 +227,8 @@ async def test_settles_go_on_after_the_server_forgets_its_scripts(redis):
 
     queue = Queue(redis)
     handles = await queue.enqueue_many([("work", [n]) for n in range(4)])
-    worker = fast_worker(redis, registry, concurrency=2, maintenance_s=30)
+    # No read-ahead: two run, two wait in the stream for the settle's read.
+    worker = fast_worker(redis, registry, concurrency=2, maintenance_s=30, read_ahead=0)
     reads: list[int] = []
     settle_and_read = worker._reader.read_with_settle
 
