@@ -384,8 +384,12 @@ async def test_done_and_in_flight_per_worker_match_what_the_workers_did(redis):
             gate.set()
         return gate.is_set() and drained(sample) and q.dead == 1
 
-    async with fast_worker(redis, registry, queue="dash", name="w1", concurrency=3) as w1, \
-            fast_worker(redis, registry, queue="dash", name="w2", concurrency=3) as w2:
+    # In flight is what a worker's PEL holds: running jobs plus any read ahead. With no
+    # read-ahead a full worker holds exactly its concurrency (3), which the test waits for.
+    async with fast_worker(redis, registry, queue="dash", name="w1", concurrency=3,
+                           read_ahead=0) as w1, \
+            fast_worker(redis, registry, queue="dash", name="w2", concurrency=3,
+                        read_ahead=0) as w2:
         report = await Dashboard(queue, every_s=0.05, display=None).run(duration_s=60,
                                                                           until=until)
         processed = w1.local_counts()["processed"] + w2.local_counts()["processed"]
@@ -409,8 +413,8 @@ async def test_a_killed_workers_jobs_show_in_flight_until_another_reclaims_them(
     registry = gated_registry(gate)
     queue = Queue(redis, "dash", registry=registry)
     await queue.enqueue_many([("job", [i]) for i in range(12)])
-    w1 = fast_worker(redis, registry, queue="dash", name="w1", concurrency=3)
-    w2 = fast_worker(redis, registry, queue="dash", name="w2", concurrency=3)
+    w1 = fast_worker(redis, registry, queue="dash", name="w1", concurrency=3, read_ahead=0)
+    w2 = fast_worker(redis, registry, queue="dash", name="w2", concurrency=3, read_ahead=0)
     crashed = []
 
     async def until(sample):
