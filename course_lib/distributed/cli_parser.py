@@ -121,6 +121,9 @@ def _parser(doc: str) -> argparse.ArgumentParser:
     worker.add_argument("--idle-consumer-s", type=_positive(float), metavar="S",
                         help="delete the group's consumers idle S seconds holding nothing "
                              "(crashed workers'; default 10 visibility timeouts, at least 3600)")
+    worker.add_argument("--read-ahead", type=_whole, metavar="N",
+                        help="entries read and marked running ahead of a free slot (0: none; "
+                             "default: one batch, the concurrency)")
     worker.add_argument("--loop", choices=LOOPS, default="asyncio",
                         help="the event loop: asyncio's own (default) or uvloop's "
                              "(pip install uvloop)")
@@ -221,6 +224,17 @@ def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
         return value
 
     return parse
+
+
+def _whole(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
 
 
 def _count_or_all(text: str) -> int | None:

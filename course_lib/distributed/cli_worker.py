@@ -47,7 +47,7 @@ async def _worker(args: argparse.Namespace, client: redis.asyncio.Redis) -> int:
                     concurrency=args.concurrency, visibility_timeout_s=args.visibility_timeout,
                     grace_s=args.grace, block_s=args.block, default_timeout_s=args.job_timeout,
                     max_dead_letters=args.max_dead_letters,
-                    idle_consumer_s=args.idle_consumer_s)
+                    idle_consumer_s=args.idle_consumer_s, read_ahead=args.read_ahead)
     async with contextlib.AsyncExitStack() as stack:
         watchdog = None
         if args.watchdog is not None:  # a thread: it sees the loop blocked, and logs where

@@ -1,4 +1,5 @@
-"""``worker --max-dead-letters``, ``--idle-consumer-s`` and ``--loop``: reach the Worker, or exit 2.
+"""Worker flags (``--max-dead-letters``, ``--idle-consumer-s``, ``--read-ahead``, ``--loop``)
+reach the Worker, or exit 2.
 
 The flags' values are checked before any Redis is needed (exit 2, one error line);
 the values reach the Worker's keyword arguments; ``--loop uvloop`` really runs the
@@ -43,7 +44,9 @@ class _Made(Exception):
 
 
 @pytest.mark.parametrize(("flags", "expected"), [
-    ([], {"max_dead_letters": 10_000, "idle_consumer_s": None}),
+    ([], {"max_dead_letters": 10_000, "idle_consumer_s": None, "read_ahead": None}),
+    (["--read-ahead", "0"], {"read_ahead": 0}),
+    (["--read-ahead", "25"], {"read_ahead": 25}),
     (["--max-dead-letters", "7", "--idle-consumer-s", "90"],
      {"max_dead_letters": 7, "idle_consumer_s": 90.0}),
     (["--max-dead-letters", "all", "--idle-consumer-s", "0.5"],
@@ -73,6 +76,8 @@ def test_worker_flags_reach_the_worker_as_its_keyword_arguments(capsys, monkeypa
     (["--idle-consumer-s", "nan"], "must be > 0, not nan"),
     (["--idle-consumer-s", "inf"], "--idle-consumer-s must be a finite number of seconds"),
     (["--loop", "trio"], "invalid choice: 'trio'"),
+    (["--read-ahead", "-1"], "must be >= 0, not -1"),
+    (["--read-ahead", "some"], "not a whole number: 'some'"),
 ])  # fmt: skip
 def test_bad_worker_flags_exit_2_with_one_error_line(capsys, flags, says):
     url = "redis://127.0.0.1:1/0"  # never reached: the flags are checked first
