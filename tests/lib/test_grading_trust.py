@@ -27,7 +27,8 @@ def course(tmp_path: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__")
     for folder in ("course_lib", "tests/exercises", "exercises", "solutions"):
         shutil.copytree(ROOT / folder, copy / folder, ignore=ignore)
-    for file in ("pyproject.toml", "tests/conftest.py", "tests/_redis_server.py"):
+    for file in ("pyproject.toml", "tests/conftest.py", "tests/_redis_server.py",
+                 "tests/_redis_cluster.py"):
         shutil.copy(ROOT / file, copy / file)
     return copy / "tests" / "exercises"
 

@@ -39,7 +39,8 @@ def test_asyncio_reports_and_unawaited_coroutines_fail_the_test_that_caused_them
     """The suite's hygiene, run on three deliberately sloppy tests in a scratch project."""
     tests = Path(__file__).resolve().parents[1]
     pytester.makeconftest((tests / "conftest.py").read_text())
-    pytester.makepyfile(_redis_server=(tests / "_redis_server.py").read_text())
+    pytester.makepyfile(_redis_server=(tests / "_redis_server.py").read_text(),
+                        _redis_cluster=(tests / "_redis_cluster.py").read_text())
     pyproject = tomllib.loads((tests.parent / "pyproject.toml").read_text())
     ini = pyproject["tool"]["pytest"]["ini_options"]
     pytester.makeini(
