@@ -201,7 +201,10 @@ def _command(
         f"--grading-after-hang-timeout={after_hang_timeout_s:g}",
         # Grading tests are neither notebooks nor property-based runs that need
         # hypothesis's reporting; importing those two plugins took most of a check.
-        "-p", "no:nbval", "-p", "no:hypothesispytest",
+        # Nor do they run on anyio, in xdist workers or with platformdirs' fixtures:
+        # not importing those takes a one-exercise check from 0.66 s to 0.46 s.
+        "-p", "no:nbval", "-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:xdist",
+        "-p", "no:xdist.looponfail", "-p", "no:platformdirs",
     ]  # fmt: skip
     # Every value in the same word as its option: pytest looks for its configuration
     # file above every word that names a folder, before it knows the plugin's options.
