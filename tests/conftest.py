@@ -65,7 +65,7 @@ _reports = _AsyncioReports()
 logging.getLogger("asyncio").addHandler(_reports)
 
 
-# The longest files first, so that `make test`'s two workers (xdist, --dist loadfile
+# The longest files first, so that `make test`'s workers (xdist, --dist loadfile
 # --no-loadscope-reorder) start on them at once and share the rest as they free up.
 # Measured on a quiet 2-core machine: every notebook run in the browser ~220 s, the kept
 # wrong answers ~95 s, the integrity check ~20 s; everything else ~200 s in all. Left in
