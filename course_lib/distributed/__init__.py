@@ -13,8 +13,9 @@
     print(await handle.result(timeout_s=30))
 
 Modules: ``keys`` (every Redis key, in one place), ``job`` (the JSON envelope,
-statuses, the task registry), ``scripts`` (every Lua script, and why each must be
-atomic), ``options`` (``EnqueueOptions``: a delay or a time, attempts, timeout, deadline, id),
+statuses), ``registry`` (the task registry: what a worker may run), ``scripts``
+(every Lua script, and why each must be atomic), ``options`` (``EnqueueOptions``: a
+delay or a time, attempts, timeout, deadline, id),
 ``queue`` (the client: enqueue, cancel, counts), ``handle`` (``JobHandle``: status,
 result, cancel), ``dead_letters`` (reading dead letters, and their requeue), ``replies``
 (decoding what Redis sends back), ``results`` (one listener per Queue that wakes every
@@ -71,8 +72,6 @@ from .job import (
     JobFailed,
     JobNotFound,
     JobStatus,
-    Task,
-    TaskRegistry,
 )
 from .keys import DEFAULT_QUEUE, PREFIX, QueueKeys
 from .naive import NaiveListWorker
@@ -87,4 +86,5 @@ from .queue import (
     QueueFull,
     RequeueReport,
 )
+from .registry import Task, TaskRegistry
 from .worker import Worker, WorkerStats

@@ -23,9 +23,10 @@ from typing import Any
 from .cli_common import PROG, Command, UsageError, logger
 from .cli_queue import _cancel, _dead_list, _dead_requeue, _enqueue, _stats
 from .cli_worker import LOOPS, _loop_factory, _worker
-from .job import InvalidJob, Job, TaskRegistry
+from .job import InvalidJob, Job
 from .keys import DEFAULT_QUEUE, check_queue_name
 from .options import EnqueueOptions
+from .registry import TaskRegistry
 
 
 def load_app(spec: str) -> TaskRegistry:

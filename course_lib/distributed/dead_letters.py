@@ -20,8 +20,9 @@ from typing import Any
 
 import redis.asyncio
 
-from .job import InvalidJob, Job, TaskRegistry
+from .job import InvalidJob, Job
 from .keys import QueueKeys
+from .registry import TaskRegistry
 from .replies import _bytes, _escaped, _name, _text, _unprefixed
 
 # A full stream entry id. A bare "1712345678901" would be read by XRANGE as a range

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..timeouts import backoff_s
 from .control import Settings
-from .job import MAX_JOB_BYTES, InvalidJob, Job, JobStatus, Task, to_json
+from .job import MAX_JOB_BYTES, InvalidJob, Job, JobStatus, to_json
 from .queue import _name, _surrogate
+from .registry import Task
 from .settling import Settler
 
 if TYPE_CHECKING:

@@ -49,9 +49,10 @@ import redis.asyncio
 import redis.asyncio.cluster
 from redis.crc import key_slot
 
-from .job import Job, TaskRegistry
+from .job import Job
 from .keys import DEFAULT_QUEUE, QueueKeys, check_queue_name
 from .queue import CancelOutcome, JobHandle, Queue, QueueCounts, QueueFull
+from .registry import TaskRegistry
 from .worker import Worker, WorkerStats
 
 SLOTS = 16384  # Redis Cluster's hash slots

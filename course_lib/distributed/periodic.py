@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 from .job import InvalidJob, Job
 
 if TYPE_CHECKING:
-    from .job import TaskRegistry
     from .queue import Queue
+    from .registry import TaskRegistry
 
 logger = logging.getLogger("course_lib.distributed.worker")
 

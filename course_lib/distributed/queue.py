@@ -35,9 +35,10 @@ from redis.asyncio import RedisCluster
 from . import scripts
 from .dead_letters import DeadLetter, DeadLetters, RequeueReport
 from .handle import CancelOutcome, JobHandle
-from .job import InvalidJob, Job, JobNotFound, TaskRegistry
+from .job import InvalidJob, Job, JobNotFound
 from .keys import DEFAULT_QUEUE, QueueKeys
 from .options import EnqueueOptions, JobSpec, _checked_at, _unpacked
+from .registry import TaskRegistry
 from .replies import _name as _name  # worker and running import these from here
 from .replies import _out_of_memory, _text
 from .replies import _surrogate as _surrogate

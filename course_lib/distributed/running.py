@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..lifecycle import BackgroundTasks
 from .control import REDIS_DOWN, Control, Settings, refused_for_now
-from .job import InvalidJob, Job, Task, TaskRegistry
+from .job import InvalidJob, Job
 from .outcomes import Outcomes
 from .queue import _text
+from .registry import Task, TaskRegistry
 from .scripts import Script
 
 if TYPE_CHECKING:

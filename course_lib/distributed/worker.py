@@ -97,13 +97,13 @@ from ..lifecycle import ShutdownReport
 from . import scripts
 from .control import Control, Outage, Settings, describe, wait_loops
 from .heartbeat import Heartbeat
-from .job import TaskRegistry
 from .keys import DEFAULT_QUEUE
 from .maintenance import Group, Maintenance
 from .outcomes import COUNTS, Outcomes
 from .periodic import Scheduler
 from .queue import Queue
 from .reader import Reader, Slots
+from .registry import TaskRegistry
 from .running import _Running
 from .settling import Settler
 
