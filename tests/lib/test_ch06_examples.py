@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import multiprocessing
 
 import pytest
 
@@ -154,7 +155,10 @@ def test_percentile_is_nearest_rank():
 @pytest.mark.asyncio
 @pytest.mark.parametrize("mode", MODES)
 async def test_run_jobs_runs_every_mode(mode):
-    with concurrent.futures.ProcessPoolExecutor(1) as executor:
+    # spawn, as the notebook and the benchmark do: forking this multi-threaded process
+    # may deadlock the child (3.12+ warns), and the suite treats warnings as errors.
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as executor:
         seconds = await run_jobs(mode, py_work, 3, 1000, executor)
     assert seconds > 0
 
