@@ -135,12 +135,10 @@ def cluster_ready(queue: Queue) -> Queue:
     a single server's client.
     """
     if isinstance(queue.redis, redis.asyncio.RedisCluster):
-        # The scripts a Queue sends in pipelines: ENQUEUE, and REQUEUE_DEAD (the Queue's
-        # own, or its dead-letter helper's, wherever this version of queue.py keeps it).
-        for holder, name in ((queue, "_enqueue"), (queue, "_requeue"),
-                             (getattr(queue, "_dead", None), "_requeue")):
-            script = getattr(holder, name, None)
-            if hasattr(script, "sha") and not isinstance(script, _PipelinedScript):
+        # The scripts a Queue sends in pipelines: ENQUEUE, and its dead letters' REQUEUE_DEAD.
+        for holder, name in ((queue, "_enqueue"), (queue._dead, "_requeue")):
+            script = getattr(holder, name)
+            if not isinstance(script, _PipelinedScript):
                 setattr(holder, name, _PipelinedScript(script))
     return queue
 
