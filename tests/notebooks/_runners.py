@@ -121,6 +121,11 @@ class LabServer:
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = env
+        # Browser runs start from a pool thread while this xdist worker goes on with other
+        # tests, some of which monkeypatch.setenv: putenv may move the C environ under a
+        # fork+exec that reads it (EFAULT, "Bad address", seen once in CI). So every
+        # Popen here gets its own copy, taken now, on the main thread.
+        self.runner_env = os.environ.copy()
         self.log = tmp / "jupyterlab.log"
         self.process: subprocess.Popen | None = None
         self.runs: set[subprocess.Popen] = set()  # browser runs under way
@@ -198,7 +203,8 @@ class LabServer:
             "--chromium", find_chromium() or "", "--out", str(out),
         ]
         with subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            args, env=self.runner_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
         ) as run:
             self.runs.add(run)
             try:
