@@ -123,8 +123,9 @@ def _parser(doc: str) -> argparse.ArgumentParser:
                         help="delete the group's consumers idle S seconds holding nothing "
                              "(crashed workers'; default 10 visibility timeouts, at least 3600)")
     worker.add_argument("--read-ahead", type=_whole, metavar="N",
-                        help="entries read and marked running ahead of a free slot (0: none; "
-                             "default: one batch, the concurrency)")
+                        help="at most N entries read and marked running ahead of a free slot, "
+                             "as many as it starts in about 10 ms (0: none; default 100, or "
+                             "the concurrency if larger)")
     worker.add_argument("--loop", choices=LOOPS, default="asyncio",
                         help="the event loop: asyncio's own (default) or uvloop's "
                              "(pip install uvloop)")

@@ -33,6 +33,13 @@ from .queue import _out_of_memory
 logger = logging.getLogger("course_lib.distributed.worker")
 
 # What "Redis went away" looks like from redis-py: refused, reset, timed out.
+# Read-ahead (see reader.Slots): at most READ_AHEAD entries by default (or one batch, if
+# larger) wait read and marked running, and only as many as the worker starts in
+# AHEAD_S at its recent pace, measured over PACE_WINDOW_S; one batch always.
+READ_AHEAD = 100
+AHEAD_S = 0.010
+PACE_WINDOW_S = 0.050
+
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
@@ -72,7 +79,7 @@ class Settings:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, not {concurrency!r}")
         batch_size = min(batch_size or concurrency, concurrency)
-        read_ahead = batch_size if read_ahead is None else read_ahead
+        read_ahead = max(batch_size, READ_AHEAD) if read_ahead is None else read_ahead
         if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) or read_ahead < 0:
             raise ValueError(f"read_ahead must be an integer >= 0, not {read_ahead!r}")
         if not 0 < block_s < visibility_timeout_s:

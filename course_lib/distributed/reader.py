@@ -1,15 +1,16 @@
 """The reader: fills free slots from dead workers' entries (reclaim), then from new ones.
 
-    slots = Slots(concurrency)
+    slots = Slots(concurrency, control, read_ahead, min_ahead=batch_size)
     reader = Reader(redis, keys, settings, control, outage, slots, runner, counts)
     await reader.run()              # the read loop, until a stop request
     reader.prefetch_count(n)        # the Settler asks: read with this settle? how many
 
 A slot is an entry the worker may hold: ``concurrency`` to run, and ``read_ahead``
-more, read and marked running ahead (the runner starts them as tasks end). It reads
-``XREADGROUP ... COUNT <free slots>``: never more than the free slots. When every slot
-is taken and the reader waits for one, a settle reads the next entries in the same
-round trip (``read_with_settle``), for the slots it frees.
+more, read and marked running ahead (the runner starts them as tasks end), as many of
+those as the jobs' pace makes worth it (``Slots.room``). It reads ``XREADGROUP ...
+COUNT <room>``: never more than the free slots. When every slot is taken and the
+reader waits for one, a settle reads the next entries in the same round trip
+(``read_with_settle``), for the slots it frees.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ __all__: list[str] = []  # internal: Worker is the public face
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 
-from .control import Control, Outage, Settings
+from .control import AHEAD_S, PACE_WINDOW_S, Control, Outage, Settings
 from .keys import QueueKeys
 from .queue import _text
 from .scripts import Script
@@ -38,28 +40,46 @@ _Batch = list[tuple[str, Any, str | None]]
 
 class Slots:
     """A slot per entry held (``concurrency + read_ahead``): the reader takes them, a job's
-    end (its settle) frees one."""
+    end (its settle) frees one.
 
-    def __init__(self, concurrency: int, control: Control) -> None:
-        self.free = concurrency
+    Read-ahead keeps up with the pace: of its ``read_ahead`` slots, the reader takes
+    only ``ahead`` (``room``), as many as the worker starts in ``AHEAD_S`` at the pace of
+    its last ``PACE_WINDOW_S``, one batch at least. Short jobs get the whole read-ahead
+    (a batch never waits on a round trip); jobs of 10 ms or more, one batch, so that a
+    worker does not hoard entries an idle one could run.
+    """
+
+    def __init__(self, concurrency: int, control: Control, read_ahead: int = 0,
+                 min_ahead: int = 0) -> None:
+        self.free = concurrency + read_ahead
+        self.read_ahead = read_ahead
+        self.ahead = self._min_ahead = min(min_ahead, read_ahead)  # read ahead allowed now
         self.parked = False  # the reader waits for a free slot
         self._control = control
         self._wake = asyncio.Event()  # a slot was freed, or a stop requested
+        self._ends, self._since = 0, -1.0  # jobs ended in the pace window, since when
 
-    async def take(self, want: int) -> int:
-        """Up to ``want`` free slots, waiting for one; 0 once a stop is requested."""
+    @property
+    def room(self) -> int:
+        """Free slots the reader may take now: the read-ahead not allowed at this pace
+        stays free."""
+        return self.free - (self.read_ahead - self.ahead)
+
+    async def take(self, want: int, *, held: bool = False) -> int:
+        """Up to ``want`` slots of the room (``held``: of all free ones, for entries in
+        the pending list already), waiting for one; 0 once a stop is requested."""
         requested = self._control.requested
-        while not self.free and not requested.is_set():
+        while (self.free if held else self.room) <= 0 and not requested.is_set():
             self._wake.clear()
             self.parked = True
             try:
                 await self._wake.wait()
             finally:
                 self.parked = False
-        return 0 if requested.is_set() else self.try_take(want)
+        return 0 if requested.is_set() else self.try_take(want, held=held)
 
-    def try_take(self, want: int) -> int:
-        taken = min(want, self.free)  # no await between the check and the take
+    def try_take(self, want: int, *, held: bool = False) -> int:
+        taken = max(0, min(want, self.free if held else self.room))  # no await since the check
         self.free -= taken
         return taken
 
@@ -67,6 +87,26 @@ class Slots:
         if slots:
             self.free += slots
             self._wake.set()
+
+    def ended(self, now: float) -> None:
+        """A job ended (loop time ``now``): measure the pace, set ``ahead`` from it."""
+        self._ends += 1
+        elapsed = now - self._since
+        if elapsed < PACE_WINDOW_S:
+            return
+        if self._since >= 0:
+            pace = math.ceil(self._ends / elapsed * AHEAD_S)
+            ahead = min(self.read_ahead, max(self._min_ahead, pace))
+            if ahead > self.ahead:
+                self._wake.set()
+            self.ahead = ahead
+        self._ends, self._since = 0, now
+
+    def drained(self) -> None:
+        """The stream looked empty: no backlog to read ahead of. Back to one batch, so a
+        worker that was idle does not take a burst of long jobs at the pace of short ones."""
+        self.ahead = self._min_ahead
+        self._ends, self._since = 0, -1.0  # and the pace is measured afresh
 
     def wake(self) -> None:
         """Wake the reader if it waits for a slot (a stop request)."""
@@ -101,7 +141,10 @@ class Reader:
         failures = 0
         self._next_reclaim = loop.time()
         while not self._control.requested.is_set():
-            taken = await slots.take(s.batch_size)
+            if self._prefetched:  # in our pending list already: any free slot
+                taken = await slots.take(len(self._prefetched), held=True)
+            else:
+                taken = await slots.take(s.batch_size + slots.ahead)
             if not taken:
                 break
             used = 0
@@ -128,9 +171,11 @@ class Reader:
                         self._blocking = False
                     entries = _entries(reply)
                     self._drained = len(entries) < taken - used
+                    if self._drained:
+                        slots.drained()
                     batch = [(_text(entry_id), fields, None) for entry_id, fields in entries]
                     if self._prefetched:  # older, read by a settle meanwhile: theirs first,
-                        extra = slots.try_take(len(self._prefetched))  # in the slots it freed
+                        extra = slots.try_take(len(self._prefetched), held=True)  # its slots
                         taken += extra
                         batch[:0] = self._prefetched[:extra]
                         del self._prefetched[:extra]
@@ -196,7 +241,8 @@ class Reader:
                 or self._control.requested.is_set()
                 or asyncio.get_running_loop().time() >= self._next_reclaim):
             return 0
-        return min(settling, self._settings.batch_size)
+        slots = self._slots
+        return max(0, min(settling, slots.room + settling, self._settings.batch_size + slots.ahead))
 
     async def read_with_settle(self, settle: Script, keys: list[Any], args: list[Any],
                                count: int) -> Any:

@@ -274,6 +274,7 @@ class _Running:
                 self.holding.pop(d.entry_id, None)
                 self._slots.release(1)
             self._running -= 1  # the next one read ahead starts now, not after the settle
+            self._slots.ended(asyncio.get_running_loop().time())
             if self.ready and not self._control.requested.is_set():
                 self._spawn(self.ready.popleft())
 

@@ -13,15 +13,20 @@ How each job goes, and what makes it safe:
 - read: ``XREADGROUP ... COUNT <free slots> BLOCK <block_s>`` puts the entry in this
   worker's pending list (PEL) before anything runs. A worker holds at most
   ``concurrency + read_ahead`` entries, at most ``concurrency`` of them running: up to
-  ``read_ahead`` (default: one batch, ``batch_size``) are read and marked running
-  ahead, so that when a job ends the next starts at once and no batch waits on a round
-  trip. Those wait in memory, but a crash loses none: they are in the PEL (reclaimed
-  later), beaten as running ones, cancelled on request, handed back at stop.
-  ``read_ahead=0``: never more than the free slots, nothing waits in memory.
+  ``read_ahead`` (default 100, or ``batch_size`` if larger) are read and marked
+  running ahead, so that when a job ends the next starts at once and no batch waits on
+  a round trip. It reads ahead at the jobs' pace: as many as it starts in about 10 ms
+  (``control.AHEAD_S``), one batch at least, one batch again once the stream runs dry;
+  so short jobs get the whole read-ahead, and jobs of 10 ms or more one batch (a busy
+  worker does not hoard entries an idle one could run). Those wait in memory, but a
+  crash loses none: they are in the PEL (reclaimed later), beaten as running ones,
+  cancelled on request, handed back at stop. ``read_ahead=0``: never more than the
+  free slots, nothing waits in memory.
 - start: one Lua script marks the jobs of a read running (status, worker,
   started_at), or finds a job ended already (a duplicate entry: acked, not run). Read
-  ahead, a record says "running" (and its ``started_at``) up to one batch before the
-  job starts; one whose deadline passed meanwhile is dead-lettered unrun.
+  ahead, a record says "running" (and its ``started_at``) before the job starts: about
+  10 ms of work, or one batch of jobs; one whose deadline passed meanwhile is
+  dead-lettered unrun.
 - run: under ``asyncio.timeout`` (the job's ``timeout_s``, else the task's, else the
   worker's ``default_timeout_s``; capped by what is left before its deadline): a task
   that hangs would heartbeat for ever, never reclaimed, its slot taken. Every
@@ -33,7 +38,8 @@ How each job goes, and what makes it safe:
   it pending. Nothing happens for an entry that is no longer pending: a settle
   retried after a lost reply, or one racing a worker that reclaimed the entry, never
   writes twice. (A MULTI could not make the writes depend on that check.) Jobs that
-  end in the same turn of the event loop are settled by one call of the script.
+  end in the same turn of the event loop are settled by one call of the script; with
+  two calls in flight, those that end meanwhile go together in the next.
 - retry: exponential backoff with full jitter (``timeouts.backoff_s``); the next
   attempt waits in a ZSET scored by its due time, and ``Queue.move_due`` (a Lua
   script) puts due ones back into the stream, atomically, whoever runs it.
@@ -166,8 +172,9 @@ class Worker:
     300 s; ``None`` or ``inf``: unbounded, a hung task then holds its slot for ever).
     A registry with periodic schedules (``registry.every``) makes it run a ``Scheduler``
     too (``worker.scheduler``; see ``periodic``): each tick is enqueued once across workers.
-    ``read_ahead`` (default ``batch_size``, itself ``concurrency`` by default; 0: none)
-    entries are read and marked running before a slot frees (see the module's "read").
+    Up to ``read_ahead`` (default 100, or ``batch_size`` if larger; 0: none) entries are
+    read and marked running before a slot frees, as many as the jobs' pace makes worth
+    it (see the module's "read").
 
     Its parts, each an object of its own (see their modules): the ``Reader`` fills the
     ``Slots`` it takes (reclaim, then new entries), the runner (``running``) marks the
@@ -238,7 +245,7 @@ class Worker:
             self.queue, settings, control, outage,
             scripts.Script(redis, scripts.FORGET_CONSUMERS), answer_timeout_s=ANSWER_TIMEOUT_S)
         # A slot per entry it may hold: running, settling, or read ahead (see running).
-        self._slots = Slots(concurrency + settings.read_ahead, control)
+        self._slots = Slots(concurrency, control, settings.read_ahead, settings.batch_size)
         self._settler = Settler(redis, self.keys, settings, control,
                                 scripts.Script(redis, scripts.SETTLE, flags=scripts.SETTLE_FLAGS),
                                 on_settled=lambda done: self._runner.settled(done))
