@@ -40,10 +40,10 @@ _Settle = tuple[list[Any], list[Any], "Delivery"]
 
 # SETTLE calls in flight at once. Jobs that end meanwhile wait for one to return, and
 # the next call carries them all: under load a call settles more jobs (fewer calls, less
-# CPU per job); idle, a job's settle leaves at once. With the pace-bounded read-ahead,
-# at concurrency 10, two in flight ran at 0.81x the client CPU per job and 1.19x the
-# jobs/s of a call per turn; one in flight was slower at concurrency 100 (0.93x), where a
-# turn's settles fill a call by themselves (benchmarks/results/queue_throughput.md).
+# CPU per job); idle, a job's settle leaves at once. With the pace-bounded read-ahead at
+# concurrency 10: 39 µs/job of client CPU with two in flight, 46 with no limit; one in
+# flight ran concurrency 100 at 0.93x the jobs/s of the code before, where a turn's
+# settles fill a call by themselves (benchmarks/results/queue_throughput.md).
 # ``_in_flight`` counts calls begun; a task cancelled before its first step (at an abort)
 # never counts down, but nothing is sent after an abort.
 IN_FLIGHT = 2
