@@ -231,7 +231,7 @@ async def test_script_flush_never_lets_a_worker_hold_more_than_its_concurrency(r
 
     queue = Queue(redis, registry=registry)
     handles = await queue.enqueue_many([("work", [n]) for n in range(300)])
-    worker = fast_worker(redis, registry, concurrency=3, maintenance_s=30)
+    worker = fast_worker(redis, registry, concurrency=3, read_ahead=3, maintenance_s=30)
     held: list[int] = []
     async with worker:
         while not await _stream_empty(redis, queue):
@@ -240,7 +240,7 @@ async def test_script_flush_never_lets_a_worker_hold_more_than_its_concurrency(r
             held.append(await _held(redis, queue, worker.name))
             await asyncio.sleep(0.001)  # fakeredis answers without letting the worker run
         await eventually(lambda: _all_done(handles), timeout_s=30)
-    bound = 3 + worker.read_ahead  # its slots, and one batch read ahead (default)
+    bound = 3 + worker.read_ahead  # its slots: 3 to run, 3 read ahead
     assert max(held) <= bound, f"held {max(held)} entries with {bound} slots"
     assert runs == Counter(range(300))  # each once: none lost, none run twice
 

@@ -398,7 +398,8 @@ async def test_an_entry_delivered_too_often_is_buried_as_poison(redis):
 @pytest.mark.parametrize("read_ahead", [0, None], ids=["no read-ahead", "default read-ahead"])
 async def test_concurrency_is_bounded_and_no_more_is_read_than_can_run(redis, read_ahead):
     """At most ``concurrency`` jobs run; at most ``concurrency + read_ahead`` entries are
-    held (read ahead: one batch, by default), ``concurrency`` with no read-ahead."""
+    held (read ahead: one batch for these 150 ms jobs, by default), ``concurrency`` with no
+    read-ahead."""
     registry = TaskRegistry()
     running, peak = 0, 0
 

@@ -1,11 +1,12 @@
-"""Read-ahead: up to ``read_ahead`` entries (default: one batch) read and marked running
-before a slot frees, so that no batch waits on a round trip between two others.
+"""Read-ahead: up to ``read_ahead`` entries read and marked running before a slot frees,
+so that no batch waits on a round trip between two others (how many, at the jobs' pace:
+test_distributed_worker_pace.py).
 
 What it changes, and what it keeps:
 
 - the worker holds up to ``concurrency + read_ahead`` entries, at most ``concurrency``
   of them running (test_distributed_worker.py checks the bound, with and without);
-- a record says "running" up to one batch before its job starts;
+- a record says "running" before its job starts (one batch of these gated jobs);
 - entries read ahead are beaten as running ones (never reclaimed from a live worker),
   handed back at stop (another worker starts them at once), cancelled on request
   without running, and left pending by a crash (reclaimed), as running ones are.
