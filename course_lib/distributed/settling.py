@@ -211,7 +211,8 @@ class Settler:
             await asyncio.wait(set(self._sending), timeout=until - loop.time())
         if self._sending:
             logger.error("worker %s: %d settles still retrying at stop; their entries stay "
-                         "pending for reclaim", s.name, len(self._sending))
+                         "pending for reclaim", s.name, len(self._sending) + len(self._settles))
+            self._settles.clear()  # first: a send cancelled now sends nothing more
             left = await cancel_until_done(set(self._sending), s.cancel_timeout_s)
             if left:
                 logger.error("worker %s: %d tasks ignore cancellation: %s", s.name,

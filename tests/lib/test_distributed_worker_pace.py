@@ -149,3 +149,42 @@ async def _all_ran(handles) -> bool:
         return False
     await asyncio.sleep(0.15)
     return True
+
+
+@pytest.mark.asyncio
+async def test_a_stop_that_cancels_hung_settles_sends_nothing_after_it(redis, caplog):
+    """Redis never answers the two calls in flight: the stop cancels them after
+    ``cancel_timeout_s``, and the settles queued behind them are not sent by a cancelled
+    call on its way out (they stay pending, reclaimed later)."""
+    registry = TaskRegistry()
+
+    @registry.task
+    async def work(n: int) -> int:
+        await asyncio.sleep(0.01 * n)
+        return n
+
+    queue = Queue(redis)
+    await queue.enqueue_many([("work", [n]) for n in range(5)])
+    worker = fast_worker(redis, registry, concurrency=5, read_ahead=0, grace_s=0.1,
+                         cancel_timeout_s=0.2)
+    worker._reader.prefetch_count = lambda settling: 0  # type: ignore[method-assign]
+    calls: list[int] = []
+
+    async def hung(keys, args):
+        calls.append((len(keys) - 3) // 2)
+        await asyncio.Event().wait()  # a frozen server
+
+    hung.sha = worker._settler.script.sha  # type: ignore[attr-defined]
+    worker._settler.script = hung  # type: ignore[assignment]
+    await worker.start()
+    await eventually(lambda: _ran_all(worker, 5))
+    await worker.stop()
+    assert calls == [1] * IN_FLIGHT
+    await asyncio.sleep(0.1)
+    assert calls == [1] * IN_FLIGHT  # nothing sent after the stop
+    assert not [t for t in asyncio.all_tasks() if t.get_name().endswith(" settle")]
+    assert (await queue.counts()).pending == 5  # left for reclaim, nothing lost
+
+
+async def _ran_all(worker, n: int) -> bool:
+    return (await worker.stats()).processed + len(worker._settler._settles) >= n
