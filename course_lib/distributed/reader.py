@@ -19,7 +19,6 @@ __all__: list[str] = []  # internal: Worker is the public face
 
 import asyncio
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
@@ -95,7 +94,7 @@ class Slots:
         if elapsed < PACE_WINDOW_S:
             return
         if self._since >= 0:
-            pace = math.ceil(self._ends / elapsed * AHEAD_S)
+            pace = round(self._ends / elapsed * AHEAD_S)
             ahead = min(self.read_ahead, max(self._min_ahead, pace))
             if ahead > self.ahead:
                 self._wake.set()

@@ -15,12 +15,16 @@ On fakeredis and a real server (``redis``).
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import pytest
+import pytest_asyncio
 from _worker_support import eventually, fast_worker
 
-from course_lib.distributed import JobStatus, Queue, TaskRegistry
+from course_lib.distributed import JobStatus, Queue, TaskRegistry, Worker
+from course_lib.distributed.control import AHEAD_S
 from course_lib.distributed.settling import IN_FLIGHT
+from course_lib.redis import connect
 
 
 async def _watch_pending(queue: Queue, done: asyncio.Future, seen: list[int]) -> None:
@@ -48,11 +52,15 @@ def _registry() -> TaskRegistry:
     return registry
 
 
+# Concurrency 1 (one batch is one entry): more than one ahead needs a pace over 100
+# jobs a second, which any machine gives no-op jobs, on fakeredis or a real server.
+
+
 @pytest.mark.asyncio
 async def test_short_jobs_get_more_read_ahead_than_one_batch_never_more_than_the_bound(redis):
     queue = Queue(redis)
-    await queue.enqueue_many([("quick", [n]) for n in range(800)])
-    worker = fast_worker(redis, _registry(), concurrency=2, read_ahead=40)
+    await queue.enqueue_many([("quick", [n]) for n in range(600)])
+    worker = fast_worker(redis, _registry(), concurrency=1, read_ahead=40)
     pending: list[int] = []
     ahead: list[int] = []
     async with worker:
@@ -63,32 +71,72 @@ async def test_short_jobs_get_more_read_ahead_than_one_batch_never_more_than_the
             await asyncio.sleep(0.001)
         await done
         await watch
-        assert (await worker.stats()).processed == 800
-    assert max(pending) <= 2 + 40  # concurrency + read_ahead: the bound holds
-    # One batch (2) at first; at the pace of no-op jobs, more is read ahead.
-    assert max(ahead) > 2 and max(pending) > 2 + 2, (max(ahead), max(pending))
+        assert (await worker.stats()).processed == 600
+    assert max(pending) <= 1 + 40  # concurrency + read_ahead: the bound holds
+    # One batch (1) at first; at the pace of no-op jobs, more is read ahead.
+    assert max(ahead) > 1 and max(pending) > 1 + 1, (max(ahead), max(pending))
 
 
 @pytest.mark.asyncio
 async def test_long_jobs_after_a_burst_of_short_ones_get_one_batch_ahead(redis):
     """The pace of the burst does not carry over: the stream ran dry in between."""
     queue = Queue(redis)
-    worker = fast_worker(redis, _registry(), concurrency=2, read_ahead=40)
+    worker = fast_worker(redis, _registry(), concurrency=1, read_ahead=40)
     async with worker:
-        await queue.enqueue_many([("quick", [n]) for n in range(400)])
+        await queue.enqueue_many([("quick", [n]) for n in range(300)])
         ahead: list[int] = []
         while not await _settled(redis, queue):
             ahead.append(worker._slots.ahead)
             await asyncio.sleep(0.001)
-        assert max(ahead) > 2  # the burst's pace took more than a batch
+        assert max(ahead) > 1  # the burst's pace took more than a batch
         pending: list[int] = []
-        handles = await queue.enqueue_many([("slow", [n]) for n in range(20)])
+        handles = await queue.enqueue_many([("slow", [n]) for n in range(12)])
         results = asyncio.ensure_future(asyncio.gather(*(h.result(timeout_s=30)
                                                          for h in handles)))
         await _watch_pending(queue, results, pending)
-        assert await results == list(range(20))
-    # 2 running and one batch (2) ahead: the other 16 stay in the stream, for any worker.
-    assert max(pending) <= 4, max(pending)
+        assert await results == list(range(12))
+    # 1 running and one batch (1) ahead: the other 10 stay in the stream, for any worker.
+    assert max(pending) <= 2, max(pending)
+
+
+@pytest_asyncio.fixture
+async def fake(monkeypatch):
+    """The shared in-process fakeredis, emptied (looptime: no sockets, no time passes
+    in Redis)."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    client = await connect(None)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_the_read_ahead_is_what_the_worker_starts_in_about_10_ms(fake):
+    """In virtual time: 1 ms jobs, two at a time, run 2,000 a second, so 20 are read
+    ahead (of the 40 allowed); 5 ms jobs, 400 a second: 4."""
+    registry = TaskRegistry()
+
+    @registry.task
+    async def work(run_s: float) -> None:
+        await asyncio.sleep(run_s)
+
+    queue = Queue(fake)
+    worker = Worker(fake, registry, concurrency=2, read_ahead=40, block_s=0.1)
+    usual: dict[float, int] = {}
+    async with worker:
+        for run_s in (0.001, 0.005):
+            await queue.enqueue_many([("work", [run_s]) for _ in range(400)])
+            seen: Counter[int] = Counter()
+            while not await _settled(fake, queue):
+                seen[worker._slots.ahead] += 1
+                await asyncio.sleep(0.001)
+            assert max(seen) <= 40
+            # The value it held longest; one batch (2) before the first window of 50 ms,
+            # and after the stream ran dry.
+            usual[run_s] = max((ahead for ahead in seen if ahead > 2), key=seen.__getitem__)
+    assert AHEAD_S == 0.010
+    assert usual == {0.001: 20, 0.005: 4}, usual
 
 
 @pytest.mark.asyncio
