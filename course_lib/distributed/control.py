@@ -32,7 +32,6 @@ from .queue import _out_of_memory
 
 logger = logging.getLogger("course_lib.distributed.worker")
 
-# What "Redis went away" looks like from redis-py: refused, reset, timed out.
 # Read-ahead (see reader.Slots): at most READ_AHEAD entries by default (or one batch, if
 # larger) wait read and marked running, and only as many as the worker starts in
 # AHEAD_S at its recent pace, measured over PACE_WINDOW_S; one batch always.
@@ -40,6 +39,7 @@ READ_AHEAD = 100
 AHEAD_S = 0.010
 PACE_WINDOW_S = 0.050
 
+# What "Redis went away" looks like from redis-py: refused, reset, timed out.
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
