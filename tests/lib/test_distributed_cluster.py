@@ -11,10 +11,14 @@ land on different masters.
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import time
 
 import pytest
 import pytest_asyncio
 import redis.asyncio
+from _cli_support import APP, WorkerProcess
 from _worker_support import FAST, eventually
 
 from course_lib.distributed import (
@@ -27,6 +31,7 @@ from course_lib.distributed import (
     TaskRegistry,
     Worker,
 )
+from course_lib.distributed.cli import main
 from course_lib.distributed.keys import QueueKeys
 from course_lib.distributed.partitions import (
     PartitionedQueue,
@@ -242,3 +247,41 @@ def test_bad_partitions_are_refused():
         partition_names("jobs", 0)
     with pytest.raises(ValueError, match="process must be"):
         partitions_for(["a"], 1, 1)
+
+
+# --- the command line on a cluster --------------------------------------------------------
+
+
+def test_the_command_line_runs_a_worker_and_its_commands_on_a_cluster(redis_cluster, capsys,
+                                                                       monkeypatch):
+    """``--redis-url redis+cluster://...``: a worker process runs jobs, ``enqueue --wait``
+    gets their results and failures, ``stats``, ``dead list`` and ``dead requeue`` read and
+    write the queue's keys on their master, and SIGTERM stops the worker gracefully."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    base = ["--redis-url", redis_cluster.url, "--queue", "cli-cluster"]
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        code = main([*base, *argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    with WorkerProcess(redis_cluster.url, "cli-cluster", "--name", "c1") as worker:
+        worker.wait_for("worker c1 ready")
+        assert cli("enqueue", "add", "2", "3", "--job-id", "sum", "--wait", "20")[:2] == (
+            0, "sum\n5\n")
+        code, _, err = cli("enqueue", "boom", "oh no", "--app", APP, "--job-id", "b",
+                           "--wait", "20")
+        assert code == 1 and "job b (boom) dead" in err
+        code, out, _ = cli("stats")
+        assert code == 0 and re.search(r"^dead\s+1$", out, re.M), out
+        code, out, _ = cli("dead", "list")
+        assert code == 0 and "oh no" in out
+        assert cli("dead", "requeue", "--all", "--app", APP)[0] == 0
+        until = time.monotonic() + 20  # run again (a fresh attempt; it dies again)
+        while sum("→ boom(id=b)" in line for line in worker.lines) < 2:
+            assert time.monotonic() < until, "\n".join(worker.lines)
+            time.sleep(0.05)
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.exit_code() == 0
+    assert worker.wait_for("worker c1 stopped") > worker.wait_for("stop requested (SIGTERM)")
+    assert not any("Traceback" in line for line in worker.lines)
