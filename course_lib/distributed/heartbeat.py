@@ -106,6 +106,10 @@ class Heartbeat:
             return
         # A beat in flight takes a round trip; one stuck on a dead connection is
         # cancelled after heartbeat_s, again until it ends.
-        await asyncio.wait({self._task}, timeout=self._settings.heartbeat_s)
+        s = self._settings
+        _, late = await asyncio.wait({self._task}, timeout=s.heartbeat_s)
+        if late:  # said: a stop that takes this long should say why
+            logger.warning("worker %s: a heartbeat still waits on Redis %s s after the stop "
+                           "(not answering?); cancelling it", s.name, s.heartbeat_s)
         if await cancel_until_done({self._task}, self._settings.cancel_timeout_s):
             logger.error("worker %s: its heartbeat ignores cancellation", self._settings.name)

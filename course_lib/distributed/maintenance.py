@@ -67,6 +67,10 @@ class Group:
                                                         consumername=s.name)
                 if not mine:
                     await self._redis.xgroup_delconsumer(keys.stream, keys.group, s.name)
+        except TimeoutError:  # said: a stop that takes this long should say why
+            logger.warning("worker %s: Redis did not answer within %s s; this consumer "
+                           "stays in the group (reaped later, once idle)", s.name,
+                           s.cancel_timeout_s)
         except Exception as exc:
             logger.debug("worker %s: could not leave the group: %r", s.name, exc)
 

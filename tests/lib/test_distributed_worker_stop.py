@@ -220,3 +220,49 @@ async def test_a_stop_with_a_silent_read_ends_within_block_cancel_timeout_and_gr
         assert 0.5 + 2 + 3 <= took <= 0.5 + 2 + 3 + 0.5
     finally:
         await client.aclose()
+
+
+@pytest.mark.asyncio
+@pytest.mark.looptime
+async def test_a_stop_on_a_server_gone_silent_is_bounded_and_says_what_waited(monkeypatch,
+                                                                              caplog):
+    """Every command unanswered from some point (a frozen server, no socket timeout): the
+    stop ends within its bounds, and the steps that reached theirs say so (the heartbeat
+    in flight, leaving the group), not only the read and the settles."""
+    caplog.set_level(logging.WARNING, logger=LOG)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    registry = TaskRegistry()
+
+    @registry.task
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    client = await connect(None)  # the shared in-process fakeredis
+    try:
+        await client.flushall()
+        handle = await Queue(client).enqueue("forever", job_id="f")
+        worker = fast_worker(client, registry, block_s=0.5, cancel_timeout_s=2, grace_s=1,
+                             heartbeat_s=1, visibility_timeout_s=5)
+        async with asyncio.timeout(120):
+            await worker.start()
+            await eventually(lambda: _is(handle, JobStatus.RUNNING))
+
+            async def silent(*args, **kwargs):
+                await asyncio.get_running_loop().create_future()  # no answer, ever
+
+            monkeypatch.setattr(client, "execute_command", silent)
+            await asyncio.sleep(1.5)  # a heartbeat went out meanwhile, unanswered
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            await worker.stop()
+            took = loop.time() - began
+            monkeypatch.undo()
+    finally:
+        await client.aclose()
+    said = [r.getMessage() for r in caplog.records if r.name == LOG]
+    assert any("a heartbeat still waits on Redis 1 s after the stop" in m for m in said), said
+    assert any("Redis did not answer within 2 s; this consumer stays in the group" in m
+               for m in said), said
+    # Each step within its bound: the read (block_s + cancel_timeout_s, then a cancel),
+    # the grace, the settles, the heartbeat, leaving the group.
+    assert took <= (0.5 + 2 + 2) + (1 + 2) + (2 + 2) + (1 + 2) + 2, took
