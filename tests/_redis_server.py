@@ -267,3 +267,16 @@ async def redis(redis_url: str | None) -> AsyncIterator[AsyncRedis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AsyncRedis]:
+    """The shared in-process fakeredis only, emptied: for looptime tests (no sockets, and
+    no time passes in Redis, so virtual time is the tasks' own)."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    client = await connect(None)
+    try:
+        await client.flushall()
+        yield client
+    finally:
+        await client.aclose()

@@ -19,7 +19,6 @@ import asyncio
 import uuid
 
 import pytest
-import pytest_asyncio
 import redis as redis_sync
 from _worker_support import eventually, fast_worker
 
@@ -35,7 +34,7 @@ from course_lib.distributed import (
     TaskRegistry,
 )
 from course_lib.distributed.cli import main
-from course_lib.redis import connect, serve_fake_tcp
+from course_lib.redis import serve_fake_tcp
 
 
 def _registry() -> tuple[TaskRegistry, list[str], list[str]]:
@@ -177,15 +176,6 @@ async def test_a_running_job_is_cancelled_by_its_worker_and_recorded_cancelled(r
     assert (stats.dead, stats.failed, stats.retried, stats.handed_back) == (0, 0, 0, 0)
     assert await redis.xlen(queue.keys.stream) == 0 and await redis.xlen(queue.keys.dead) == 0
 
-
-@pytest_asyncio.fixture
-async def fake(monkeypatch):
-    """The shared in-process fakeredis, emptied (looptime tests: no sockets)."""
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    client = await connect(None)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 @pytest.mark.asyncio

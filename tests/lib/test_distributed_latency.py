@@ -17,20 +17,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import pytest_asyncio
 
 from course_lib.distributed import Queue, TaskRegistry, Worker, scripts
 from course_lib.redis import connect, serve_fake_tcp
-
-
-@pytest_asyncio.fixture
-async def fake(monkeypatch):
-    """The shared in-process fakeredis, emptied (looptime tests: no sockets)."""
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    client = await connect(None)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 @pytest.mark.asyncio

@@ -18,13 +18,11 @@ import asyncio
 from collections import Counter
 
 import pytest
-import pytest_asyncio
 from _worker_support import eventually, fast_worker
 
 from course_lib.distributed import JobStatus, Queue, TaskRegistry, Worker
 from course_lib.distributed.control import AHEAD_S
 from course_lib.distributed.settling import IN_FLIGHT
-from course_lib.redis import connect
 
 
 async def _watch_pending(queue: Queue, done: asyncio.Future, seen: list[int]) -> None:
@@ -98,16 +96,6 @@ async def test_long_jobs_after_a_burst_of_short_ones_get_one_batch_ahead(redis):
     # 1 running and one batch (1) ahead: the other 10 stay in the stream, for any worker.
     assert max(pending) <= 2, max(pending)
 
-
-@pytest_asyncio.fixture
-async def fake(monkeypatch):
-    """The shared in-process fakeredis, emptied (looptime: no sockets, no time passes
-    in Redis)."""
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    client = await connect(None)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 @pytest.mark.asyncio

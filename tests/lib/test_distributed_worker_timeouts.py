@@ -22,12 +22,11 @@ import time
 import uuid
 
 import pytest
-import pytest_asyncio
 from _worker_support import LOG, eventually, fast_worker
 
 from course_lib.distributed import JobFailed, JobStatus, Queue, TaskRegistry, Worker
 from course_lib.examples.queue_lab import Fleet
-from course_lib.redis import connect, serve_fake_tcp
+from course_lib.redis import serve_fake_tcp
 
 
 async def _is(handle, status: JobStatus) -> bool:
@@ -50,15 +49,6 @@ def _hung_registry(**options) -> tuple[TaskRegistry, list[int]]:
 
     return registry, runs
 
-
-@pytest_asyncio.fixture
-async def fake(monkeypatch):
-    """The shared in-process fakeredis, emptied (looptime tests: no sockets)."""
-    monkeypatch.delenv("REDIS_URL", raising=False)
-    client = await connect(None)
-    await client.flushall()
-    yield client
-    await client.aclose()
 
 
 def _job_task(worker: Worker) -> asyncio.Task:
